@@ -1,0 +1,5 @@
+"""The `lejepa` command line: one module per command, all registered on one Typer app."""
+
+from lejepa_cli.cli.base import app, main
+
+__all__ = ["app", "main"]

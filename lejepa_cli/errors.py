@@ -1,0 +1,42 @@
+"""The error hierarchy. Library code raises these; the CLI edge turns them into one red line.
+
+Every message says what is wrong *and* how to fix it, because it is the only thing the user sees.
+"""
+
+from __future__ import annotations
+
+
+class LejepaError(Exception):
+    """A failure the user can act on. Exit code 1 (runtime) unless a subclass says otherwise."""
+
+    exit_code = 1
+
+
+class UsageError(LejepaError):
+    """Bad input from the user: a path, a flag, a file. Exit code 2."""
+
+    exit_code = 2
+
+
+class DataError(UsageError):
+    """A data file or folder given by the user cannot be used as asked."""
+
+
+class RunDirError(UsageError):
+    """The run directory is in a state the command refuses (exists, no checkpoint, other config)."""
+
+
+class CheckpointError(LejepaError):
+    """A checkpoint or export cannot be read or does not match."""
+
+
+class DivergedError(LejepaError):
+    """Training produced a non-finite loss."""
+
+
+class Interrupted(LejepaError):
+    """The run was stopped by a signal after writing a checkpoint; exit 128 + signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
