@@ -1,0 +1,207 @@
+"""Checkpoints: written atomically, read without unpickling.
+
+Layout of one checkpoint, a directory under `RUN/checkpoints/`:
+
+    epoch-0003/            (or step-0000150/ for a stop mid-epoch)
+        model.safetensors  backbone.* and projector.* weights (timm key names after the prefix)
+        train_state.pt     optimizer state, step counters, RNG states: torch.load(weights_only=True)
+        meta.json          epoch, step, losses, architecture, sizes, time
+
+`RUN/checkpoints/last.json` names the newest complete checkpoint. A checkpoint is written into a
+temporary directory and renamed into place, then `last.json` is replaced atomically: a crash or a
+kill -9 at any point leaves the previous checkpoint and pointer intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lejepa_cli.errors import CheckpointError, RunDirError
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.json"
+_NAME = re.compile(r"^(epoch-\d{4,}|step-\d{7,})$")
+
+
+def epoch_name(epoch: int) -> str:
+    return f"epoch-{epoch:04d}"
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save(
+    run_dir: Path,
+    name: str,
+    weights: dict[str, torch.Tensor],
+    train_state: dict[str, Any],
+    meta: dict[str, Any],
+    before_rename=None,
+) -> Path:
+    """Write a checkpoint atomically and point last.json at it. Returns its directory.
+
+    `before_rename` is called with the temporary directory once its files are written; tests
+    use it to simulate a crash in the middle of a checkpoint write.
+    """
+    from safetensors.torch import save_file
+
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / name
+    tmp = root / f".tmp-{name}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    torch.save(train_state, tmp / "train_state.pt")
+    (tmp / "meta.json").write_text(
+        json.dumps({**meta, "name": name, "saved_at": time.time()}, indent=2)
+    )
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    _fsync_dir(tmp)
+    if before_rename is not None:
+        before_rename(tmp)
+    if final.exists():  # re-saving the same name (e.g. after a resume): swap, then drop the old
+        old = root / f".old-{name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    _fsync_dir(root)
+    write_json_atomic(root / LAST, {"name": name})
+    return final
+
+
+def clean_partial(run_dir: Path) -> None:
+    """Remove temporary directories left by an interrupted write."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (by step)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and _NAME.match(p.name) and (p / "meta.json").is_file()
+    ]
+    return sorted(found, key=lambda p: (read_meta(p).get("step", 0), p.name))
+
+
+def read_meta(ckpt: Path) -> dict[str, Any]:
+    try:
+        return json.loads((Path(ckpt) / "meta.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"cannot read {ckpt}/meta.json ({exc}); the checkpoint is damaged"
+        ) from None
+
+
+def last(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    root = Path(run_dir) / CHECKPOINTS
+    try:
+        name = json.loads((root / LAST).read_text())["name"]
+        if (root / name / "meta.json").is_file():
+            return root / name
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve(run_dir: Path, which: str = "last") -> Path:
+    """A checkpoint directory from 'last', 'best', an epoch number or a checkpoint name."""
+    run_dir = Path(run_dir)
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise RunDirError(
+            f"{run_dir} has no checkpoint yet; run `lejepa pretrain ... --out {run_dir}` first"
+        )
+    which = str(which)
+    if which == "last":
+        return last(run_dir)  # type: ignore[return-value]
+    if which == "best":
+        report = run_dir / "report.json"
+        try:
+            best = json.loads(report.read_text()).get("recommended", {}).get("checkpoint")
+        except (OSError, ValueError, AttributeError):
+            best = None
+        if best and (run_dir / CHECKPOINTS / best / "meta.json").is_file():
+            return run_dir / CHECKPOINTS / best
+        raise RunDirError(
+            f"{run_dir} has no checkpoint ranking yet (report.json); use --checkpoint last or an epoch number"
+        )
+    if which.isdigit():
+        path = run_dir / CHECKPOINTS / epoch_name(int(which))
+    else:
+        path = run_dir / CHECKPOINTS / which
+    if not (path / "meta.json").is_file():
+        names = ", ".join(p.name for p in found)
+        raise RunDirError(f"no checkpoint '{which}' in {run_dir}; available: last, best, {names}")
+    return path
+
+
+def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors (optionally only those under `prefix.`, with it stripped)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(ckpt) / "model.safetensors" if Path(ckpt).is_dir() else Path(ckpt)
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise CheckpointError(f"cannot read weights from {path}: {exc}") from None
+    if prefix is None:
+        return tensors
+    start = prefix + "."
+    return {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
+
+
+def load_train_state(ckpt: Path) -> dict[str, Any]:
+    try:
+        return torch.load(Path(ckpt) / "train_state.pt", map_location="cpu", weights_only=True)
+    except Exception as exc:  # any failure here means the file is not ours or is damaged
+        raise CheckpointError(f"cannot read {ckpt}/train_state.pt: {exc}") from None

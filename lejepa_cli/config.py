@@ -1,0 +1,216 @@
+"""The pretraining configuration: defaults in one place, validated, resolved, written into the run.
+
+Resolution order (as timm does for data configs): an explicit flag, then `--config run.yaml`, then
+the run's saved config on `--resume`, then the defaults below. `None` means "not given" so an unset
+flag never overrides anything. Values spelled "auto" are resolved against the data and the model
+by `resolve()` and written out as numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lejepa_cli import __version__
+from lejepa_cli.errors import UsageError
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    data: str = ""  # folder of images (recursive)
+    out: str = ""  # run directory
+    arch: str = "resnet18"  # any timm architecture name
+    epochs: int = 100
+    batch_size: int = 128  # global, split across ranks
+    lr: float = 5e-4  # peak learning rate (AdamW)
+    weight_decay: float | str = AUTO  # auto: 5e-2 for attention families, 5e-4 for CNNs
+    warmup_epochs: float | str = AUTO  # auto: min(10, 10% of epochs)
+    min_lr_ratio: float = 1e-3  # cosine ends at lr * this
+    lam: float = 0.05  # SIGReg weight: loss = (1 - lam) * pred + lam * sigreg
+    num_slices: int = 1024  # SIGReg random directions per step
+    proj_dim: int = 128  # projector output (where the loss acts)
+    proj_hidden: int = 2048  # projector hidden width
+    global_views: int = 2
+    local_views: int = 6
+    global_size: int | str = AUTO  # pixels; auto follows the folder's typical resolution
+    local_size: int | str = AUTO
+    global_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop area fraction
+    local_scale: tuple[float, float] = (0.05, 0.3)
+    seed: int = 0
+    workers: int | str = AUTO  # DataLoader workers per process
+    device: str = AUTO  # auto: cuda when available, else cpu
+    precision: str = AUTO  # auto: bf16 autocast on cuda, fp32 on cpu
+    compile: bool = False  # torch.compile the model
+    max_steps: int | None = None  # stop (checkpointed, resumable) after this many steps
+    keep_every: int | str = AUTO  # keep a checkpoint every N epochs for model selection
+    log_every: int = 1  # steps between metrics.jsonl lines
+    holdout: int | str = AUTO  # images kept out of training for the label-free score
+    labels: str | None = None  # optional labels CSV: probe each kept checkpoint in the report
+    version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for key in ("global_scale", "local_scale"):
+            d[key] = list(d[key])
+        return d
+
+    def replace(self, **changes: Any) -> PretrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# Keys that do not change what is computed: a resume may change them freely.
+RUNTIME_KEYS = frozenset({"workers", "device", "max_steps", "log_every", "compile", "version"})
+
+_FIELDS = {f.name: f for f in fields(PretrainConfig)}
+
+
+def _fail_unknown(keys: list[str], where: str) -> None:
+    parts = []
+    for key in keys:
+        close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+        parts.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    raise UsageError(f"unknown key {', '.join(parts)} in {where}; keys mirror the flags")
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Type-check one value against the field's annotation, accepting 'auto' where allowed."""
+    default = _FIELDS[name].default
+    annotation = str(_FIELDS[name].type)
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise UsageError(f"{name} cannot be empty")
+    if isinstance(value, str) and value.lower() == AUTO and "str" in annotation:
+        return AUTO
+    try:
+        if name in ("global_scale", "local_scale"):
+            if isinstance(value, str):
+                value = [v for v in value.replace(" ", "").split(",") if v]
+            lo, hi = (float(v) for v in value)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError
+            return (lo, hi)
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if "int" in annotation and "float" not in annotation:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if "float" in annotation:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise UsageError(
+            f"invalid value {value!r} for {name} (expected {annotation.replace('str', 'auto')})"
+        ) from None
+
+
+def build(overrides: dict[str, Any], base: PretrainConfig | None = None) -> PretrainConfig:
+    """Defaults (or `base`) updated by the non-None entries of `overrides`, validated."""
+    unknown = [k for k in overrides if k not in _FIELDS]
+    if unknown:
+        _fail_unknown(unknown, "the configuration")
+    changes = {k: _coerce(k, v) for k, v in overrides.items() if v is not None}
+    cfg = dataclasses.replace(base or PretrainConfig(), **changes)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: PretrainConfig) -> None:
+    checks = [
+        (cfg.epochs >= 1, "--epochs must be at least 1"),
+        (cfg.batch_size >= 2, "--batch-size must be at least 2 (SIGReg needs a batch)"),
+        (cfg.lr > 0, "--lr must be positive"),
+        (0 <= cfg.lam <= 1, "--lam must be between 0 and 1"),
+        (cfg.num_slices >= 1, "--num-slices must be at least 1"),
+        (cfg.global_views >= 1, "--global-views must be at least 1"),
+        (cfg.local_views >= 0, "--local-views must be 0 or more"),
+        (cfg.global_views + cfg.local_views >= 2, "use at least two views in total"),
+        (cfg.log_every >= 1, "--log-every must be at least 1"),
+        (cfg.max_steps is None or cfg.max_steps >= 1, "--max-steps must be at least 1"),
+        (
+            cfg.device in (AUTO, "cpu", "cuda") or cfg.device.startswith("cuda:"),
+            "--device must be auto, cpu or cuda",
+        ),
+        (cfg.precision in (AUTO, "fp32", "bf16"), "--precision must be auto, fp32 or bf16"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+    for name in ("global_size", "local_size", "workers", "keep_every", "holdout"):
+        value = getattr(cfg, name)
+        minimum = 0 if name in ("workers", "holdout") else (1 if name == "keep_every" else 8)
+        if value != AUTO and int(value) < minimum:
+            flag = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag} must be 'auto' or at least {minimum}")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a run.yaml (keys mirror the flags, dashes or underscores) as overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path} must hold a mapping of keys to values")
+    data = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    unknown = [k for k in data if k not in _FIELDS]
+    if unknown:
+        _fail_unknown(unknown, str(path))
+    return data
+
+
+def save_yaml(cfg: PretrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_saved(path: str | Path) -> PretrainConfig:
+    """The resolved config written into a run directory."""
+    data = load_yaml(path)
+    return build(data)
+
+
+def diff(
+    old: PretrainConfig, new: PretrainConfig, ignore=RUNTIME_KEYS
+) -> list[tuple[str, Any, Any]]:
+    """(key, old, new) for every result-changing key that differs."""
+    a, b = old.to_dict(), new.to_dict()
+    return [(k, a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]]
+
+
+def resolve_weight_decay(cfg: PretrainConfig, transformer: bool) -> float:
+    if cfg.weight_decay != AUTO:
+        return float(cfg.weight_decay)
+    return 5e-2 if transformer else 5e-4
+
+
+def resolve_warmup(cfg: PretrainConfig) -> float:
+    if cfg.warmup_epochs != AUTO:
+        return float(cfg.warmup_epochs)
+    return float(min(10.0, 0.1 * cfg.epochs))
+
+
+def resolve_keep_every(cfg: PretrainConfig) -> int:
+    # About ten checkpoints over the run are enough to rank them without labels.
+    return int(cfg.keep_every) if cfg.keep_every != AUTO else max(1, math.ceil(cfg.epochs / 10))
+
+
+def resolve_holdout(cfg: PretrainConfig, num_images: int) -> int:
+    if cfg.holdout != AUTO:
+        return min(int(cfg.holdout), max(0, num_images - cfg.batch_size))
+    # 5% of the folder, at least 16 and at most 512, never starving training.
+    want = min(512, max(16, round(0.05 * num_images)))
+    return max(0, min(want, num_images // 4))

@@ -1,0 +1,128 @@
+"""Backbone, projector and the two-resolution LeJEPA model.
+
+The backbone is any timm architecture, built from scratch with `num_classes=0` so that its pooled
+features are the embedding. The projector is the MLP on which the LeJEPA loss acts; probing and
+export use the backbone alone.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lejepa_cli.errors import UsageError
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a backbone needs from its input, as timm resolves it (mean/std in 0-1 units)."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+
+
+def check_arch(arch: str) -> None:
+    """Raise a UsageError naming close matches when timm does not know `arch`."""
+    import timm
+
+    if timm.is_model(arch):
+        return
+    names = timm.list_models()
+    close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
+    if not close:
+        close = [n for n in names if arch.lower().split("_")[0] in n][:5]
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UsageError(
+        f"unknown architecture '{arch}': {hint}pass any name from timm.list_models() to --arch"
+    )
+
+
+def build_backbone(arch: str, img_size: int | None = None) -> nn.Module:
+    """A timm model from scratch with pooled features as output (num_classes=0).
+
+    Models that take `img_size` (ViTs and friends) get the global crop size, and
+    `dynamic_img_size` so that local crops of another size pass through the same weights.
+    """
+    import timm
+
+    check_arch(arch)
+    kwargs: dict = {"pretrained": False, "num_classes": 0}
+    if img_size is not None:
+        try:
+            return timm.create_model(arch, img_size=img_size, dynamic_img_size=True, **kwargs)
+        except TypeError:
+            pass  # a CNN: its input size is free
+    return timm.create_model(arch, **kwargs)
+
+
+def is_transformer(model: nn.Module) -> bool:
+    """Whether the model belongs to an attention family (weight decay 5e-2 instead of 5e-4)."""
+    return any("Attention" in type(m).__name__ for m in model.modules())
+
+
+def data_spec(backbone: nn.Module, input_size: int) -> DataSpec:
+    """Mean, std, interpolation and crop_pct as timm resolves them for this backbone."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=backbone)
+    return DataSpec(
+        input_size=int(input_size),
+        mean=tuple(float(v) for v in cfg["mean"]),
+        std=tuple(float(v) for v in cfg["std"]),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+    )
+
+
+class Projector(nn.Sequential):
+    """Linear-BN-ReLU twice, then Linear (SPEC section 4)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128):
+        super().__init__(
+            nn.Linear(in_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.BatchNorm1d(hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+        )
+
+
+class LeJEPAModel(nn.Module):
+    """Backbone + projector over the global and local views of a batch.
+
+    One forward handles both resolutions (so DDP sees a single forward per step): the global views
+    go through the backbone as one batch, the local views as another.
+    """
+
+    def __init__(self, backbone: nn.Module, hidden_dim: int = 2048, out_dim: int = 128):
+        super().__init__()
+        self.backbone = backbone
+        self.projector = Projector(backbone.num_features, hidden_dim, out_dim)
+
+    def embed(self, views: torch.Tensor) -> torch.Tensor:
+        """views (V, B, 3, H, W) -> projector outputs (V, B, K)."""
+        v, b = views.shape[:2]
+        feats = self.backbone(views.flatten(0, 1))  # (V*B, F)
+        return self.projector(feats).view(v, b, -1)  # (V, B, K)
+
+    def forward(
+        self, global_views: torch.Tensor, local_views: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (global_z (Vg, B, K), all_z (V, B, K)), globals first in all_z."""
+        global_z = self.embed(global_views)  # (Vg, B, K)
+        if local_views is None or local_views.shape[0] == 0:
+            return global_z, global_z
+        local_z = self.embed(local_views)  # (Vl, B, K)
+        return global_z, torch.cat([global_z, local_z], dim=0)  # (V, B, K)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
