@@ -116,7 +116,7 @@ class _EcfSums(torch.autograd.Function):
     def backward(ctx, grad_sums: torch.Tensor):
         # d/dx_n [g_C cos(t x_n) + g_S sin(t x_n)] = t (g_S cos(t x_n) - g_C sin(t x_n))
         #                                          = Re(t (g_S + i g_C) exp(i t x_n)),
-        # so grad_x = Re(sum_k w_k exp(i dt x)^k), w_k = t_k (g_S + i g_C) = i t_k conj(g_C + i g_S).
+        # so grad_x = Re(sum_k w_k exp(i dt x)^k), w_k = t_k (g_S + i g_C) = i t_k conj(g_C + i g_S)
         (x,) = ctx.saved_tensors
         dt, knots = ctx.dt, ctx.knots
         grad = torch.view_as_complex(grad_sums.to(x.dtype).contiguous())  # (K, ..., M)
