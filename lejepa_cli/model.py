@@ -106,11 +106,15 @@ class LeJEPAModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.projector = Projector(backbone.num_features, hidden_dim, out_dim)
+        self.channels_last = False  # set on CUDA, where convolutions run faster in NHWC
 
     def embed(self, views: torch.Tensor) -> torch.Tensor:
         """views (V, B, 3, H, W) -> projector outputs (V, B, K)."""
         v, b = views.shape[:2]
-        feats = self.backbone(views.flatten(0, 1))  # (V*B, F)
+        x = views.flatten(0, 1)  # (V*B, 3, H, W)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        feats = self.backbone(x)  # (V*B, F)
         return self.projector(feats).view(v, b, -1)  # (V, B, K)
 
     def forward(

@@ -1,0 +1,786 @@
+"""The pretraining engine: data, model, optimiser, loop, checkpoints, resume and multi-GPU.
+
+Drive it from Python with `pretrain(overrides)`; the CLI is a thin layer over this function.
+Everything random is a function of the config's seed, the epoch, the step or the sample index,
+so an interrupted and resumed run repeats the uninterrupted run step for step:
+
+- sample order: a permutation seeded by (seed, epoch), split into global batches, each split
+  across ranks; a resume skips the batches already done;
+- augmentations: each sample's generator is seeded by (seed, epoch, index), whatever worker
+  or rank loads it;
+- SIGReg directions: seeded by the global step;
+- everything else (dropout, drop-path): torch's generator, saved in every checkpoint.
+
+Under torchrun every rank computes the loss on its shard; SIGReg sums its statistics over ranks,
+so its value is the global one and its gradient with respect to each rank's embeddings is exact.
+Parameter gradients are therefore *summed* over ranks (a DDP communication hook), and the
+prediction loss, a local mean, is divided by the world size to keep the total exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from lejepa_cli import checkpoint, config, distributed
+from lejepa_cli.config import AUTO, PretrainConfig
+from lejepa_cli.distributed import DistInfo
+from lejepa_cli.errors import DataError, DivergedError, Interrupted, RunDirError, UsageError
+from lejepa_cli.model import DataSpec, LeJEPAModel, build_backbone, data_spec, is_transformer
+from lejepa_cli.objective import lejepa_loss
+from lejepa_cli.progress import QuietReporter
+
+METRICS = "metrics.jsonl"
+# Set LEJEPA_TRACE_DIR to a folder to record, per rank and step, the sample indices and a
+# checksum of SIGReg's directions (for checking sharding and agreement between ranks).
+TRACE_ENV = "LEJEPA_TRACE_DIR"
+SKIPPED = "skipped.txt"
+LOG = "train.log"
+CONFIG = "config.yaml"
+
+
+class Reporter(Protocol):
+    """What the engine tells the outside world. The CLI renders it; tests may record it."""
+
+    def start(self, total_steps: int, start_step: int, steps_per_epoch: int) -> None: ...
+    def update(self, metrics: dict[str, Any]) -> None: ...
+    def message(self, text: str) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    step: int
+    epoch: int
+    finished: bool  # all epochs done (False when stopped by --max-steps)
+    checkpoint: Path | None
+    last_loss: float | None
+    skipped: int
+    seconds: float
+
+
+# ----------------------------------------------------------------------------- run directory
+
+
+def _is_run_dir(path: Path) -> bool:
+    return (path / CONFIG).is_file() or (path / checkpoint.CHECKPOINTS).is_dir()
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Apply the no-clobber policy. Called on every rank before anyone writes."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+    exists = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {out} is a file; choose a directory for the run")
+    if resume:
+        if not exists or checkpoint.last(out) is None:
+            raise RunDirError(
+                f"nothing to resume in {out}: it has no checkpoint; start it without --resume "
+                "(add --overwrite if the directory is not empty)"
+            )
+        return
+    if not exists:
+        return
+    if not overwrite:
+        raise RunDirError(
+            f"run directory {out} already exists and is not empty; pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+    if not _is_run_dir(out):
+        raise RunDirError(
+            f"{out} is not empty and does not look like a run directory; refusing to overwrite "
+            "it, choose another --out"
+        )
+
+
+def _clear_run_dir(out: Path) -> None:
+    for p in out.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def resolve_config(
+    overrides: dict[str, Any], resume: bool, force: bool
+) -> tuple[PretrainConfig, list[tuple[str, Any, Any]]]:
+    """The run's config: defaults, or the saved config on resume, updated by the overrides."""
+    out = overrides.get("out")
+    if not out:
+        raise UsageError("--out is required: the directory where the run is written")
+    out_path = Path(out).expanduser().absolute()
+    overrides = {**overrides, "out": str(out_path)}
+    if overrides.get("data"):
+        overrides["data"] = str(Path(overrides["data"]).expanduser().absolute())
+    if overrides.get("labels"):
+        overrides["labels"] = str(Path(overrides["labels"]).expanduser().absolute())
+    if not resume:
+        if not overrides.get("data"):
+            raise UsageError("DATA is required: the folder of images to pretrain on")
+        return config.build(overrides), []
+    if not (out_path / CONFIG).is_file() or checkpoint.last(out_path) is None:
+        raise RunDirError(
+            f"nothing to resume in {out_path}: it has no checkpoint; start a run there without "
+            "--resume"
+        )
+    saved = config.read_saved(out_path / CONFIG)
+    cfg = config.build(overrides, base=saved)
+    changes = config.diff(saved, cfg)
+    if changes and not force:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
+        raise RunDirError(
+            f"the config differs from the run's ({shown}); pass --force to resume with it, "
+            "or drop those flags"
+        )
+    return cfg, changes
+
+
+def _typical_side(index, limit: int = 256) -> int:
+    """Median shorter side over a fixed sample of image headers."""
+    from lejepa_cli.data.decode import image_size
+
+    n = len(index)
+    picks = np.random.default_rng(0).choice(n, size=min(n, limit), replace=False)
+    sides = []
+    for i in sorted(picks.tolist()):
+        try:
+            w, h = image_size(index.abspath(i))[:2]
+            sides.append(min(w, h))
+        except Exception:  # unreadable headers are counted by the dataset later
+            continue
+    if not sides:
+        raise DataError(
+            f"none of the sampled images in {index.root} could be read; "
+            f"check the folder with `lejepa inspect {index.root}`"
+        )
+    return int(np.median(sides))
+
+
+def resolve_auto(cfg: PretrainConfig, index, dist: DistInfo) -> PretrainConfig:
+    """Replace the data- and machine-dependent 'auto' values (weight decay waits for the model)."""
+    from lejepa_cli.data.multicrop import suggest_crop_sizes
+
+    changes: dict[str, Any] = {}
+    if AUTO in (cfg.global_size, cfg.local_size):
+        g, loc = suggest_crop_sizes(_typical_side(index))
+        if cfg.global_size == AUTO:
+            changes["global_size"] = g
+        if cfg.local_size == AUTO:
+            changes["local_size"] = loc
+    if cfg.warmup_epochs == AUTO:
+        changes["warmup_epochs"] = config.resolve_warmup(cfg)
+    if cfg.keep_every == AUTO:
+        changes["keep_every"] = config.resolve_keep_every(cfg)
+    if cfg.holdout == AUTO:
+        changes["holdout"] = config.resolve_holdout(cfg, len(index))
+    if cfg.workers == AUTO:
+        per_rank = max(1, (os.cpu_count() or 2) // max(1, _local_world(dist)))
+        changes["workers"] = int(min(8, max(1, per_rank - 1)))
+    if cfg.device == AUTO:
+        changes["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    device = changes.get("device", cfg.device)
+    if cfg.precision == AUTO:
+        changes["precision"] = "bf16" if str(device).startswith("cuda") else "fp32"
+    return cfg.replace(**changes)
+
+
+def _local_world(dist: DistInfo) -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """This rank's sample indices for one epoch, from a given batch on (for exact resume).
+
+    The epoch's order is a permutation seeded by (seed, epoch), cut into global batches
+    (the remainder is dropped so every rank takes the same number of steps); rank r takes
+    the r-th slice of each global batch.
+    """
+
+    def __init__(
+        self, n: int, global_batch: int, seed: int, epoch: int, dist: DistInfo, start_batch: int = 0
+    ):
+        self.steps = n // global_batch
+        local = global_batch // dist.world_size
+        order = np.random.default_rng([seed, epoch]).permutation(n)[: self.steps * global_batch]
+        order = order.reshape(self.steps, dist.world_size, local)  # (steps, W, B_local)
+        self.indices = order[start_batch:, dist.rank].reshape(-1)
+
+    def __iter__(self):
+        return iter(self.indices.tolist())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+# ----------------------------------------------------------------------------- optimisation
+
+
+def param_groups(model: LeJEPAModel, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on weight matrices only: none on biases, norms, tokens and position tables."""
+    skip = set()
+    no_wd = getattr(model.backbone, "no_weight_decay", None)
+    if callable(no_wd):
+        skip = {f"backbone.{name}" for name in no_wd()}
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float, min_ratio: float) -> float:
+    """Linear warmup to `peak`, then cosine down to peak * min_ratio at the last step."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    floor = peak * min_ratio
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _sum_gradients_hook(state, bucket):
+    # DDP averages gradients by default; the loss here is already the global loss (see module
+    # docstring), so the per-rank gradients must be added, not averaged.
+    import torch.distributed as dist
+
+    work = dist.all_reduce(bucket.buffer(), async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+class TrainStep:
+    """One optimisation step on a batch of uint8 views: normalise, forward, loss, backward, step.
+
+    The engine's loop and `bench/bench_train.py` both call this object, so the benchmark
+    measures exactly what training runs.
+    """
+
+    def __init__(
+        self,
+        model: LeJEPAModel,
+        cfg: PretrainConfig,
+        spec: DataSpec,
+        device: torch.device,
+        dist: DistInfo,
+        total_steps: int,
+        steps_per_epoch: int,
+    ):
+        self.raw_model = model
+        self.cfg = cfg
+        self.device = device
+        self.dist = dist
+        self.total_steps = total_steps
+        self.warmup_steps = int(round(float(cfg.warmup_epochs) * steps_per_epoch))
+        self.mean = torch.tensor(spec.mean, device=device).view(1, 1, 3, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, 1, 3, 1, 1)
+        self.autocast = cfg.precision == "bf16" and device.type == "cuda"
+        if device.type == "cuda":
+            model.channels_last = True
+        module: nn.Module = model
+        if dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            module = DDP(model, device_ids=ids, broadcast_buffers=False)
+            module.register_comm_hook(None, _sum_gradients_hook)
+        if cfg.compile:
+            module = torch.compile(module)
+        self.module = module
+        self.optimizer = torch.optim.AdamW(
+            param_groups(model, float(cfg.weight_decay)), lr=cfg.lr, betas=(0.9, 0.999)
+        )
+
+    def normalize(self, views: torch.Tensor) -> torch.Tensor:
+        """uint8 (V, B, 3, H, W) -> float (V, B, 3, H, W) in the model's mean/std units."""
+        x = views.to(self.device, non_blocking=True).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def __call__(
+        self, global_crops: torch.Tensor, local_crops: torch.Tensor, step: int
+    ) -> dict[str, float]:
+        lr = lr_at(step, self.total_steps, self.warmup_steps, self.cfg.lr, self.cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        g = self.normalize(global_crops)  # (Vg, B, 3, G, G)
+        loc = self.normalize(local_crops) if local_crops.shape[0] else None  # (Vl, B, 3, L, L)
+        ctx = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.autocast
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            global_z, all_z = self.module(g, loc)  # (Vg, B, K), (V, B, K)
+        out = lejepa_loss(
+            global_z.float(),
+            all_z.float(),
+            lam=self.cfg.lam,
+            step=step,
+            num_slices=self.cfg.num_slices,
+        )
+        lam, world = self.cfg.lam, self.dist.world_size
+        # SIGReg is already global; the local prediction mean is a 1/world share of the global.
+        backward_loss = (1 - lam) * out.pred / world + lam * out.sigreg
+        pred = distributed.all_reduce_mean_detached(out.pred)
+        loss = (1 - lam) * pred + lam * out.sigreg.detach()
+        loss_value = float(loss)
+        if not math.isfinite(loss_value):
+            raise DivergedError(f"loss became {loss_value} at step {step + 1}")
+        self.optimizer.zero_grad(set_to_none=True)
+        backward_loss.backward()
+        self.optimizer.step()
+        return {"loss": loss_value, "pred": float(pred), "sigreg": float(out.sigreg), "lr": lr}
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class _RunLog:
+    """Rank 0's files: metrics.jsonl, train.log and skipped.txt. Other ranks write nothing."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.skipped: dict[str, str] = {}
+        if not enabled:
+            return
+        metrics = run_dir / METRICS
+        if resume_step is not None and metrics.exists():
+            # Drop lines past the checkpoint: the resumed run writes them again.
+            kept = [
+                line
+                for line in metrics.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            metrics.write_text("".join(line + "\n" for line in kept))
+        skipped = run_dir / SKIPPED
+        if skipped.exists():
+            for line in skipped.read_text().splitlines():
+                path, _, reason = line.partition("\t")
+                if path:
+                    self.skipped[path] = reason
+        self._metrics = open(metrics, "a")  # noqa: SIM115 (open for the whole run)
+        self._log = open(run_dir / LOG, "a")  # noqa: SIM115
+
+    def metrics(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            self._metrics.write(json.dumps(row) + "\n")
+            self._metrics.flush()
+
+    def log(self, text: str) -> None:
+        if self.enabled:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            self._log.write(f"{stamp} {text}\n")
+            self._log.flush()
+
+    def add_skipped(self, items) -> None:
+        for path, reason in items:
+            self.skipped.setdefault(str(path), str(reason))
+
+    def write_skipped(self) -> None:
+        if self.enabled:
+            text = "".join(f"{p}\t{r}\n" for p, r in sorted(self.skipped.items()))
+            tmp = self.run_dir / f".{SKIPPED}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, self.run_dir / SKIPPED)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._metrics.close()
+            self._log.close()
+
+
+def _gather_skipped(local: list, dist: DistInfo) -> list:
+    if not dist.enabled:
+        return local
+    import torch.distributed as tdist
+
+    gathered: list = [None] * dist.world_size
+    tdist.all_gather_object(gathered, local)
+    return [item for part in gathered for item in part]
+
+
+def _any_rank(flag: bool, device: torch.device, dist: DistInfo) -> bool:
+    if not dist.enabled:
+        return flag
+    import torch.distributed as tdist
+
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def _resume_command(cfg: PretrainConfig) -> str:
+    launcher = "lejepa"
+    if "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+        launcher = (
+            f"torchrun --nproc-per-node {os.environ.get('LOCAL_WORLD_SIZE', '?')} -m lejepa_cli"
+        )
+    return f"{launcher} pretrain --resume --out {cfg.out}"
+
+
+def pretrain(
+    overrides: dict[str, Any],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    checkpoint_hook=None,
+) -> RunResult:
+    """Run (or resume) a LeJEPA pretraining run described by flag-like `overrides`.
+
+    `checkpoint_hook(tmp_dir)` is called inside every checkpoint write before it is renamed
+    into place (tests use it to simulate a crash mid-write).
+    """
+    from lejepa_cli.data.dataset import MultiCropDataset, collate_multicrop
+    from lejepa_cli.data.multicrop import MultiCrop, MultiCropConfig
+    from lejepa_cli.data.scan import scan_folder
+    from lejepa_cli.selection import after_checkpoint, split_holdout, write_report
+
+    started = time.time()
+    cfg, changes = resolve_config(overrides, resume, force)
+    requested_device = (
+        cfg.device if cfg.device != AUTO else ("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    if requested_device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    dist = distributed.init_from_env("cuda" if requested_device.startswith("cuda") else "cpu")
+    reporter = reporter if (reporter is not None and dist.is_main) else QuietReporter()
+    run_dir = Path(cfg.out)
+    try:
+        prepare_run_dir(run_dir, resume, overwrite)
+        distributed.barrier()
+        if dist.is_main:
+            if overwrite and run_dir.exists():
+                _clear_run_dir(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.clean_partial(run_dir)
+        distributed.barrier()
+
+        index = scan_folder(cfg.data)
+        cfg = resolve_auto(cfg, index, dist)
+        if cfg.batch_size % dist.world_size:
+            raise UsageError(
+                f"--batch-size {cfg.batch_size} does not split evenly over {dist.world_size} "
+                f"processes; use a multiple of {dist.world_size}"
+            )
+        train_index, holdout_index = split_holdout(index, int(cfg.holdout))
+        steps_per_epoch = len(train_index) // cfg.batch_size
+        if steps_per_epoch == 0:
+            raise DataError(
+                f"{len(train_index)} training images in {cfg.data} do not fill one batch of "
+                f"{cfg.batch_size}; lower --batch-size (or --holdout)"
+            )
+        total_steps = steps_per_epoch * cfg.epochs
+
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", dist.local_rank)
+        torch.manual_seed(cfg.seed)
+        backbone = build_backbone(cfg.arch, int(cfg.global_size))
+        if cfg.weight_decay == AUTO:  # the family decides: attention models take more decay
+            cfg = cfg.replace(
+                weight_decay=config.resolve_weight_decay(cfg, is_transformer(backbone))
+            )
+        if dist.is_main:
+            config.save_yaml(cfg, run_dir / CONFIG)
+        model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
+        spec = data_spec(backbone, int(cfg.global_size))
+        step_fn = TrainStep(model, cfg, spec, device, dist, total_steps, steps_per_epoch)
+
+        start_step = 0
+        if resume:
+            ckpt = checkpoint.last(run_dir)
+            weights = checkpoint.load_weights(ckpt)
+            try:
+                model.load_state_dict(weights, strict=True)
+            except RuntimeError:
+                raise RunDirError(
+                    f"checkpoint {ckpt} does not fit a {cfg.arch} model; resume with the run's "
+                    "own --arch and sizes"
+                ) from None
+            state = checkpoint.load_train_state(ckpt)
+            step_fn.optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            if device.type == "cuda" and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"], device)
+            start_step = int(state["step"])
+        start_epoch, start_batch = divmod(start_step, steps_per_epoch)
+
+        mc = MultiCropConfig(
+            global_views=cfg.global_views,
+            local_views=cfg.local_views,
+            global_size=int(cfg.global_size),
+            local_size=int(cfg.local_size),
+            global_scale=tuple(cfg.global_scale),
+            local_scale=tuple(cfg.local_scale),
+        )
+        dataset = MultiCropDataset(train_index, MultiCrop(mc), seed=cfg.seed)
+        runlog = _RunLog(run_dir, dist.is_main, start_step if resume else None)
+        local_batch = cfg.batch_size // dist.world_size
+
+        def message(text: str) -> None:
+            runlog.log(text)
+            reporter.message(text)
+
+        if resume:
+            message(f"resuming {run_dir} at step {start_step} (epoch {start_epoch + 1})")
+            for key, old, new in changes:
+                message(f"config change forced: {key}: {old!r} -> {new!r}")
+        else:
+            message(
+                f"pretraining {cfg.arch} on {len(train_index)} images from {cfg.data} "
+                f"({len(holdout_index)} held out), {cfg.epochs} epochs x {steps_per_epoch} steps, "
+                f"global batch {cfg.batch_size} on {dist.world_size} x {device.type}, "
+                f"crops {cfg.global_views}x{cfg.global_size}px + {cfg.local_views}x{cfg.local_size}px"
+            )
+        message(f"run directory: {run_dir}")
+
+        def save(
+            name: str, epoch_done: int, step: int, train_means: dict[str, float]
+        ) -> Path | None:
+            """Every rank calls this; rank 0 writes."""
+            runlog.add_skipped(_gather_skipped(list(pending_skipped), dist))
+            pending_skipped.clear()
+            path = None
+            if dist.is_main:
+                runlog.write_skipped()
+                state = {
+                    "optimizer": step_fn.optimizer.state_dict(),
+                    "step": step,
+                    "torch_rng": torch.get_rng_state(),
+                }
+                if device.type == "cuda":
+                    state["cuda_rng"] = torch.cuda.get_rng_state(device)
+                meta = {
+                    "epoch": epoch_done,
+                    "step": step,
+                    "images_seen": step * cfg.batch_size,
+                    "num_train_images": len(train_index),
+                    "arch": cfg.arch,
+                    "global_size": int(cfg.global_size),
+                    "local_size": int(cfg.local_size),
+                    "feature_dim": int(model.backbone.num_features),
+                    "data": {
+                        "input_size": spec.input_size,
+                        "mean": list(spec.mean),
+                        "std": list(spec.std),
+                        "interpolation": spec.interpolation,
+                        "crop_pct": spec.crop_pct,
+                    },
+                    "train": train_means,
+                    "lam": cfg.lam,
+                    "version": cfg.version,
+                }
+                path = checkpoint.save(
+                    run_dir, name, model.state_dict(), state, meta, before_rename=checkpoint_hook
+                )
+                runlog.log(f"checkpoint {name} written (step {step})")
+            distributed.barrier()
+            return path
+
+        keep_every = int(cfg.keep_every)
+        trace = Path(os.environ[TRACE_ENV]) if os.environ.get(TRACE_ENV) else None
+        pending_skipped: list = []
+        step = start_step
+        last_ckpt: Path | None = checkpoint.last(run_dir) if resume else None
+        last_loss: float | None = None
+        reporter.start(total_steps, start_step, steps_per_epoch)
+        stop_reason = ""
+        with _StopFlag() as stop:
+            for epoch in range(start_epoch, cfg.epochs):
+                dataset.set_epoch(epoch)
+                sampler = EpochSampler(
+                    len(train_index),
+                    cfg.batch_size,
+                    cfg.seed,
+                    epoch,
+                    dist,
+                    start_batch if epoch == start_epoch else 0,
+                )
+                loader = torch.utils.data.DataLoader(
+                    dataset,
+                    batch_size=local_batch,
+                    sampler=sampler,
+                    num_workers=int(cfg.workers),
+                    collate_fn=collate_multicrop,
+                    pin_memory=device.type == "cuda",
+                    drop_last=False,
+                )
+                sums = {"loss": 0.0, "pred": 0.0, "sigreg": 0.0}
+                count = 0
+                waited = computed = 0.0
+                tick = time.perf_counter()
+                for batch in loader:
+                    got = time.perf_counter()
+                    pending_skipped.extend(batch.get("skipped", []))
+                    if trace is not None:
+                        _trace(trace, dist, step, batch["index"], cfg)
+                    try:
+                        out = step_fn(batch["global_crops"], batch["local_crops"], step)
+                    except DivergedError as exc:
+                        raise DivergedError(
+                            f"{exc}; training stopped, the last good checkpoint is "
+                            f"{last_ckpt or 'none'}: lower --lr or raise --lam and resume or restart"
+                        ) from None
+                    step += 1
+                    done = time.perf_counter()
+                    waited += got - tick
+                    computed += done - got
+                    tick = done
+                    for k in sums:
+                        sums[k] += out[k]
+                    count += 1
+                    last_loss = out["loss"]
+                    row = {
+                        "step": step,
+                        "epoch": epoch + 1,
+                        **out,
+                        "images_per_s": cfg.batch_size * count / max(1e-9, waited + computed),
+                        "data_wait": waited / max(1e-9, waited + computed),
+                        "time": round(time.time() - started, 3),
+                    }
+                    if step % cfg.log_every == 0 or step == total_steps:
+                        runlog.metrics(row)
+                    reporter.update(row)
+                    interrupted = _any_rank(bool(stop.signum), device, dist)
+                    at_limit = cfg.max_steps is not None and step >= cfg.max_steps
+                    if interrupted or (at_limit and step % steps_per_epoch):
+                        means = {k: v / count for k, v in sums.items()}
+                        last_ckpt = save(checkpoint.step_name(step), epoch, step, means)
+                        stop_reason = "signal" if interrupted else "max_steps"
+                        break
+                    if at_limit:  # the limit falls on an epoch end: save as that epoch below
+                        stop_reason = "max_steps"
+                del loader
+                if stop_reason and step % steps_per_epoch:
+                    break
+                # Epoch finished: checkpoint, keep it for model selection or drop the previous one.
+                means = {k: v / max(1, count) for k, v in sums.items()}
+                previous = last_ckpt
+                last_ckpt = save(checkpoint.epoch_name(epoch + 1), epoch + 1, step, means)
+                kept = (epoch + 1) % keep_every == 0 or epoch + 1 == cfg.epochs
+                if dist.is_main:
+                    if (
+                        previous is not None
+                        and previous != last_ckpt
+                        and not _kept(previous, keep_every)
+                    ):
+                        shutil.rmtree(previous, ignore_errors=True)
+                    if kept:
+                        scores = after_checkpoint(
+                            run_dir, last_ckpt, model, holdout_index, cfg, spec, device
+                        )
+                        if scores:
+                            message(_score_line(last_ckpt.name, scores))
+                distributed.barrier()
+                if stop_reason:
+                    break
+        reporter.close()
+        if dist.is_main:
+            runlog.write_skipped()
+            write_report(run_dir)
+        runlog.log(f"stopped at step {step} ({stop_reason or 'finished'})")
+        runlog.close()
+        if stop_reason == "signal":
+            raise Interrupted(
+                f"stopped by signal at step {step}; checkpoint {last_ckpt.name if last_ckpt else '-'} "
+                f"written. Resume with: {_resume_command(cfg)}",
+                stop.signum,
+            )
+        return RunResult(
+            run_dir=run_dir,
+            step=step,
+            epoch=step // steps_per_epoch,
+            finished=step >= total_steps,
+            checkpoint=last_ckpt,
+            last_loss=last_loss,
+            skipped=len(runlog.skipped),
+            seconds=time.time() - started,
+        )
+    finally:
+        distributed.shutdown()
+
+
+def _trace(folder: Path, dist: DistInfo, step: int, indices, cfg: PretrainConfig) -> None:
+    from lejepa_cli.objective import sigreg_directions
+
+    folder.mkdir(parents=True, exist_ok=True)
+    directions = sigreg_directions(cfg.proj_dim, cfg.num_slices, step)
+    row = {
+        "rank": dist.rank,
+        "step": step,
+        "indices": [int(i) for i in indices],
+        "directions_sum": float(directions.double().sum()),
+        "directions_first": [float(v) for v in directions.flatten()[:4]],
+    }
+    with open(folder / f"rank{dist.rank}.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def _kept(ckpt: Path, keep_every: int) -> bool:
+    """Whether a checkpoint is one kept for model selection (epoch checkpoints on the grid)."""
+    name = ckpt.name
+    if not name.startswith("epoch-"):
+        return False
+    return int(name.split("-")[1]) % keep_every == 0
+
+
+def _score_line(name: str, scores: dict[str, Any]) -> str:
+    parts = [f"held-out score at {name}:"]
+    for key in ("loss", "pred", "sigreg", "effective_rank"):
+        if isinstance(scores.get(key), (int, float)):
+            parts.append(f"{key} {scores[key]:.4g}")
+    if scores.get("collapse_warning"):
+        parts.append(f"WARNING: {scores['collapse_warning']}")
+    return " ".join(parts)
