@@ -1,0 +1,294 @@
+"""Load a frozen encoder from a run directory, one of its checkpoints, or an export directory.
+
+Weights are read with safetensors only (no unpickling) and loaded with `strict=True`, so weights
+of another architecture or a damaged file are reported instead of silently half-loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lejepa_cli import checkpoint as ckpt_io
+from lejepa_cli.errors import CheckpointError, UsageError
+from lejepa_cli.model import DataSpec
+
+WEIGHTS = "model.safetensors"
+EXPORT_CONFIG = "config.json"
+
+
+@dataclass
+class Encoder:
+    """A backbone in eval mode with what its input needs and where it came from."""
+
+    backbone: nn.Module
+    arch: str
+    spec: DataSpec
+    feature_dim: int
+    source: dict[str, Any]  # kind (run/checkpoint/export/random), path, checkpoint, step, epoch
+    fingerprint: str  # sha256 of the weights file: keys the feature cache
+    model_args: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def kind_of(path: Path) -> str:
+    """'run', 'checkpoint' or 'export' for a directory, else a UsageError that says what to pass."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"{path} does not exist; pass a run directory or an export directory")
+    if path.is_dir():
+        if (path / EXPORT_CONFIG).is_file() and (path / WEIGHTS).is_file():
+            return "export"
+        if (path / ckpt_io.CHECKPOINTS).is_dir() or (path / "config.yaml").is_file():
+            return "run"
+        if (path / "meta.json").is_file():
+            return "checkpoint"
+    raise UsageError(
+        f"{path} is neither a run directory (written by `lejepa pretrain`) nor an export "
+        "(config.json + model.safetensors, written by `lejepa export`)"
+    )
+
+
+def spec_from_meta(data: dict[str, Any]) -> DataSpec:
+    size = data["input_size"]
+    size = size[-1] if isinstance(size, (list, tuple)) else size
+    return DataSpec(
+        input_size=int(size),
+        mean=tuple(float(v) for v in data["mean"]),
+        std=tuple(float(v) for v in data["std"]),
+        interpolation=str(data["interpolation"]),
+        crop_pct=float(data["crop_pct"]),
+    )
+
+
+def model_args_of(backbone: nn.Module) -> dict[str, Any]:
+    """The create_model keyword arguments that rebuild this backbone (img_size for ViTs...).
+
+    timm records them on the model; `num_classes` is left out because every caller passes it.
+    """
+    if hasattr(backbone, "_model_args"):
+        args = dict(backbone._model_args)
+    else:  # timm before it recorded them: mirror build_backbone, which gives ViTs these two
+        embed = getattr(backbone, "patch_embed", None)
+        args = {}
+        if embed is not None and getattr(backbone, "dynamic_img_size", False):
+            args = {"img_size": int(embed.img_size[0]), "dynamic_img_size": True}
+    args.pop("num_classes", None)
+    return {k: v for k, v in args.items() if isinstance(v, (bool, int, float, str, list, tuple))}
+
+
+def _load_strict(backbone: nn.Module, weights: dict, where: str, arch: str) -> None:
+    result = backbone.load_state_dict(weights, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if missing or unexpected:
+        sample = ", ".join((missing + unexpected)[:3])
+        raise CheckpointError(
+            f"{where} does not hold weights for {arch}: {len(missing)} missing and "
+            f"{len(unexpected)} unexpected tensors (e.g. {sample}); pick the checkpoint or export "
+            "that belongs to this architecture"
+        )
+
+
+def _build(arch: str, model_args: dict[str, Any]) -> nn.Module:
+    import timm
+
+    from lejepa_cli.model import check_arch
+
+    check_arch(arch)
+    return timm.create_model(arch, pretrained=False, num_classes=0, **model_args)
+
+
+def _read_weights(path: Path, prefix: str | None) -> dict:
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing; the checkpoint or export is incomplete, pick another one "
+            "(--checkpoint) or export again"
+        )
+    weights = ckpt_io.load_weights(path, prefix=prefix)
+    if not weights:
+        raise CheckpointError(
+            f"{path} holds no {prefix or 'model'} weights; it was not written by lejepa"
+        )
+    return weights
+
+
+def _check_shapes(backbone: nn.Module, weights: dict, where: str, arch: str) -> None:
+    # load_state_dict raises on shape mismatches with a wall of text: say it in one line.
+    own = backbone.state_dict()
+    bad = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        raise CheckpointError(
+            f"{where} does not hold weights for {arch}: {len(bad)} tensors have other shapes "
+            f"(e.g. {bad[0]}: {tuple(weights[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}); "
+            "pick the checkpoint or export that belongs to this architecture"
+        )
+
+
+def _saved_arch(run_dir: Path) -> str | None:
+    """The architecture the run's config.yaml names (read leniently: only this key matters)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    return str(data["arch"]) if isinstance(data, dict) and data.get("arch") else None
+
+
+def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
+    from lejepa_cli.model import build_backbone
+
+    meta = ckpt_io.read_meta(ckpt)
+    try:
+        arch = str(meta["arch"])
+        size = int(meta["global_size"])
+        spec = spec_from_meta(meta["data"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{ckpt}/meta.json lacks {exc} (arch, global_size, data); the checkpoint is damaged"
+        ) from None
+    config_arch = _saved_arch(run_dir) if run_dir is not None else None
+    if config_arch is not None and config_arch != arch:
+        raise CheckpointError(
+            f"checkpoint {ckpt.name} holds weights for {arch}, not {config_arch} as "
+            f"{run_dir}/config.yaml says; the checkpoint was copied from another run"
+        )
+    weights = _read_weights(ckpt / WEIGHTS, prefix="backbone")
+    backbone = build_backbone(arch, img_size=size)
+    where = f"checkpoint {ckpt.name}"
+    _check_shapes(backbone, weights, where, arch)
+    _load_strict(backbone, weights, where, arch)
+    backbone.eval().requires_grad_(False)
+    return Encoder(
+        backbone=backbone,
+        arch=arch,
+        spec=spec,
+        feature_dim=int(backbone.num_features),
+        source={
+            "kind": kind,
+            "path": str(run_dir if run_dir is not None else ckpt),
+            "checkpoint": ckpt.name,
+            "step": meta.get("step"),
+            "epoch": meta.get("epoch"),
+        },
+        fingerprint=sha256_file(ckpt / WEIGHTS),
+        model_args=model_args_of(backbone),
+    )
+
+
+def read_export_config(export_dir: Path) -> dict[str, Any]:
+    path = Path(export_dir) / EXPORT_CONFIG
+    try:
+        cfg = json.loads(path.read_text())
+        if not isinstance(cfg, dict) or "architecture" not in cfg or "pretrained_cfg" not in cfg:
+            raise ValueError("no architecture or pretrained_cfg")
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read {path} ({exc}); export the run again") from None
+    return cfg
+
+
+def _from_export(export_dir: Path) -> Encoder:
+    cfg = read_export_config(export_dir)
+    arch = str(cfg["architecture"])
+    model_args = dict(cfg.get("model_args") or {})
+    model_args.pop("num_classes", None)
+    pcfg = cfg["pretrained_cfg"]
+    try:
+        spec = spec_from_meta(pcfg)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{export_dir}/config.json pretrained_cfg lacks {exc}; export the run again"
+        ) from None
+    path = export_dir / WEIGHTS
+    fingerprint = sha256_file(path) if path.is_file() else ""
+    recorded = (cfg.get("lejepa") or {}).get("sha256")
+    if recorded and fingerprint and recorded != fingerprint:
+        raise CheckpointError(
+            f"{path} does not match the sha256 recorded in config.json; the file was changed "
+            "or damaged: export the run again"
+        )
+    weights = _read_weights(path, prefix=None)
+    backbone = _build(arch, model_args)
+    where = f"export {export_dir}"
+    _check_shapes(backbone, weights, where, arch)
+    _load_strict(backbone, weights, where, arch)
+    backbone.eval().requires_grad_(False)
+    src = (cfg.get("lejepa") or {}).get("source") or {}
+    return Encoder(
+        backbone=backbone,
+        arch=arch,
+        spec=spec,
+        feature_dim=int(backbone.num_features),
+        source={
+            "kind": "export",
+            "path": str(export_dir),
+            "checkpoint": src.get("checkpoint"),
+            "step": src.get("step"),
+            "epoch": src.get("epoch"),
+        },
+        fingerprint=fingerprint,
+        model_args=model_args,
+    )
+
+
+def load_encoder(path: str | Path, checkpoint: str | int | None = "last") -> Encoder:
+    """The backbone of a run (its `checkpoint`: last, best, an epoch or a name) or of an export."""
+    path = Path(path)
+    kind = kind_of(path)
+    if kind == "export":
+        if checkpoint not in (None, "last", "best"):
+            raise UsageError(
+                f"{path} is an export, which holds a single checkpoint; drop --checkpoint "
+                "or point at the run directory"
+            )
+        return _from_export(path)
+    if kind == "checkpoint":
+        run_dir = path.parent.parent if path.parent.name == ckpt_io.CHECKPOINTS else None
+        return _from_checkpoint(path, "checkpoint", run_dir)
+    ckpt = ckpt_io.resolve(path, "last" if checkpoint is None else str(checkpoint))
+    return _from_checkpoint(ckpt, "run", path)
+
+
+def random_encoder(like: Encoder, seed: int = 0) -> Encoder:
+    """The same architecture with seeded random weights: the baseline a probe compares against."""
+    import torch
+
+    from lejepa_cli.model import build_backbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if like.source.get("kind") == "export":
+            backbone = _build(like.arch, like.model_args)
+        else:  # built exactly as pretraining built it
+            backbone = build_backbone(like.arch, img_size=like.spec.input_size)
+    backbone.eval().requires_grad_(False)
+    key = json.dumps([like.arch, like.model_args, seed], sort_keys=True, default=str)
+    return Encoder(
+        backbone=backbone,
+        arch=like.arch,
+        spec=like.spec,
+        feature_dim=int(backbone.num_features),
+        source={
+            "kind": "random",
+            "path": None,
+            "checkpoint": None,
+            "step": 0,
+            "epoch": 0,
+            "seed": seed,
+        },
+        fingerprint="random-" + hashlib.sha256(key.encode()).hexdigest(),
+        model_args=dict(like.model_args),
+    )

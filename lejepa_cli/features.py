@@ -1,0 +1,275 @@
+"""Frozen-backbone features: timm's own eval transform, batched extraction, an on-disk cache.
+
+Two kinds of features:
+
+- `embed`: the backbone's pooled output (`num_classes=0`), what `lejepa embed` writes and what an
+  exported model gives in plain timm.
+- `probe`: for ViTs with a class token, the CLS tokens of the last two blocks after the final norm,
+  concatenated (the linear-evaluation protocol of DINO); the pooled output for everything else.
+
+The eval transform is `timm.data.create_transform(**resolve_data_config(...))` for the encoder's
+data spec, so an exported model preprocessed by timm itself sees exactly the same pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lejepa_cli.artifacts import Encoder
+from lejepa_cli.model import DataSpec
+
+KINDS = ("embed", "probe")
+ProgressFn = Callable[[int, int], None]  # (images done, images in total)
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from lejepa_cli.errors import UsageError
+
+        raise UsageError("--device cuda was asked for but no GPU is visible; use --device cpu")
+    return dev
+
+
+def data_config(spec: DataSpec) -> dict[str, Any]:
+    """timm's resolved data config for a spec, exactly as `resolve_data_config` returns it."""
+    from timm.data import resolve_data_config
+
+    pretrained_cfg = {
+        "input_size": (3, spec.input_size, spec.input_size),
+        "interpolation": spec.interpolation,
+        "mean": tuple(spec.mean),
+        "std": tuple(spec.std),
+        "crop_pct": spec.crop_pct,
+        "crop_mode": "center",
+    }
+    return resolve_data_config(pretrained_cfg=pretrained_cfg)
+
+
+def eval_transform(spec: DataSpec) -> Callable:
+    """Resize, centre crop to the global size (with the model's crop_pct), to tensor, normalise."""
+    from timm.data import create_transform
+
+    return create_transform(**data_config(spec))
+
+
+def has_cls_blocks(backbone: nn.Module) -> bool:
+    """A timm ViT whose class token can be read from its last blocks."""
+    return (
+        getattr(backbone, "cls_token", None) is not None
+        and hasattr(backbone, "forward_intermediates")
+        and len(getattr(backbone, "blocks", ())) >= 2
+    )
+
+
+def forward_features(backbone: nn.Module, x: torch.Tensor, kind: str = "embed") -> torch.Tensor:
+    """x (B, 3, H, W) -> features (B, F) of the given kind."""
+    if kind == "probe" and has_cls_blocks(backbone):
+        out = backbone.forward_intermediates(
+            x, indices=2, return_prefix_tokens=True, norm=True, intermediates_only=True
+        )
+        # each entry is (patch tokens (B, D, h, w), prefix tokens (B, P, D)); CLS is prefix 0
+        return torch.cat([prefix[:, 0] for _, prefix in out], dim=-1)  # (B, 2D)
+    return backbone(x)  # (B, F)
+
+
+def _as_paths(paths_or_index: Any) -> np.ndarray:
+    """Absolute paths as one numpy string array (no per-sample objects for workers to copy)."""
+    if hasattr(paths_or_index, "abspath"):
+        n = len(paths_or_index)
+        return np.array([str(paths_or_index.abspath(i)) for i in range(n)], dtype=str)
+    return np.array([str(p) for p in paths_or_index], dtype=str)
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths: np.ndarray, transform: Callable, size: int):
+        self.paths = paths
+        self.transform = transform
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from lejepa_cli.data.decode import DecodeError, load_rgb
+
+        try:
+            image = load_rgb(str(self.paths[i]))
+        except DecodeError as exc:
+            # A placeholder keeps the batch shape; the mask drops the row afterwards.
+            return torch.zeros(3, self.size, self.size), False, str(exc) or "unreadable"
+        return self.transform(image), True, ""
+
+
+def _extract(
+    encoder: Encoder,
+    paths: np.ndarray,
+    kind: str,
+    batch_size: int,
+    workers: int,
+    device: str | torch.device,
+    progress_cb: ProgressFn | None,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+    dev = resolve_device(device)
+    backbone = encoder.backbone.to(dev)
+    was_training = backbone.training  # a backbone lent by the trainer goes back as it came
+    backbone.eval()
+    dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec.input_size)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=max(1, int(batch_size)),
+        shuffle=False,
+        num_workers=max(0, int(workers)),
+        pin_memory=dev.type == "cuda",
+    )
+    chunks, oks, reasons, done = [], [], [], 0
+    with torch.no_grad():
+        for x, ok, why in loader:
+            x = x.to(dev, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                feats = forward_features(backbone, x, kind)  # (B, F)
+            chunks.append(feats.float().cpu().numpy())
+            oks.append(ok.numpy().astype(bool))
+            reasons.extend(why)
+            done += len(x)
+            if progress_cb is not None:
+                progress_cb(done, len(dataset))
+    backbone.train(was_training)
+    if not chunks:
+        return np.zeros((0, 0), np.float32), np.zeros(0, bool), []
+    feats = np.concatenate(chunks).astype(np.float32, copy=False)  # (N, F)
+    ok = np.concatenate(oks)
+    feats[~ok] = 0.0
+    return feats, ok, reasons
+
+
+def extract(
+    encoder: Encoder,
+    paths_or_index: Any,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "auto",
+    progress_cb: ProgressFn | None = None,
+    kind: str = "embed",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features (N, F) float32 and a mask (N,) of readable images; unreadable rows are zeros."""
+    feats, ok, _ = _extract(
+        encoder, _as_paths(paths_or_index), kind, batch_size, workers, device, progress_cb
+    )
+    return feats, ok
+
+
+def probe_features(
+    encoder: Encoder, paths_or_index: Any, **kwargs
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features for the probe: last-two-block CLS tokens for ViTs, pooled output otherwise."""
+    return extract(encoder, paths_or_index, kind="probe", **kwargs)
+
+
+def embed_features(
+    encoder: Encoder, paths_or_index: Any, **kwargs
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pooled embedding, as `lejepa embed` writes it and the export reproduces it."""
+    return extract(encoder, paths_or_index, kind="embed", **kwargs)
+
+
+@dataclass
+class FeatureSet:
+    """Features of a list of images, in the order asked for."""
+
+    features: np.ndarray  # (N, F) float32; rows of unreadable images are zeros
+    ok: np.ndarray  # (N,) bool
+    paths: list[str]  # absolute paths, as asked for
+    errors: dict[str, str] = field(default_factory=dict)  # unreadable path -> reason
+    cached: bool = False  # read from the cache instead of computed
+    file: Path | None = None  # the cache file
+
+
+def cache_key(encoder: Encoder, paths: Sequence[str], kind: str) -> str:
+    """sha256 over the weights, the feature kind, the sorted image list (with sizes and mtimes),
+    and the transform: any change to one of them gives another cache file."""
+    images = hashlib.sha256()
+    for p in sorted(paths):
+        try:
+            st = os.stat(p)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        images.update(f"{p}\0{stamp}\n".encode())
+    key = {
+        "fingerprint": encoder.fingerprint,
+        "kind": kind,
+        "images": images.hexdigest(),
+        "transform": repr(eval_transform(encoder.spec)),
+        "format": 1,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def cached_features(
+    encoder: Encoder,
+    paths_or_index: Any,
+    kind: str,
+    cache_dir: str | Path | None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "auto",
+    progress_cb: ProgressFn | None = None,
+) -> FeatureSet:
+    """Features of the images, read from `cache_dir` when the cache key matches, else computed
+    (in sorted order) and written there. `cache_dir=None` disables the cache."""
+    asked = [str(p) for p in _as_paths(paths_or_index)]
+    unique = np.array(sorted(set(asked)), dtype=str)
+    file = None
+    feats = ok = reasons = None
+    cached = False
+    if cache_dir is not None:
+        key = cache_key(encoder, unique.tolist(), kind)
+        file = Path(cache_dir) / f"features-{kind}-{key[:24]}.npz"
+        if file.is_file():
+            try:
+                with np.load(file, allow_pickle=False) as data:
+                    if np.array_equal(data["paths"], unique):
+                        feats, ok, reasons = data["features"], data["ok"], data["reasons"].tolist()
+                        cached = True
+            except (OSError, ValueError, KeyError):
+                feats = None  # a damaged cache file is recomputed and replaced
+    if feats is None:
+        feats, ok, reasons = _extract(
+            encoder, unique, kind, batch_size, workers, device, progress_cb
+        )
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
+            with open(tmp, "wb") as f:
+                np.savez(
+                    f, features=feats, ok=ok, paths=unique, reasons=np.array(reasons, dtype=str)
+                )
+            os.replace(tmp, file)
+    elif progress_cb is not None:
+        progress_cb(len(unique), len(unique))
+    position = {p: i for i, p in enumerate(unique.tolist())}
+    order = np.array([position[p] for p in asked], dtype=np.int64)
+    errors = {unique[i]: reasons[i] for i in np.flatnonzero(~ok)}
+    return FeatureSet(
+        features=feats[order] if len(order) else feats,
+        ok=ok[order] if len(order) else ok,
+        paths=asked,
+        errors={str(k): v for k, v in errors.items()},
+        cached=cached,
+        file=file,
+    )

@@ -1,0 +1,730 @@
+"""Frozen-backbone probe: a linear head and a kNN vote on cached features, with few-shot seeds.
+
+Protocol (kept fixed so numbers compare across checkpoints and runs):
+
+- features: `features.probe_features` (last-two-block CLS tokens for ViTs, pooled otherwise), eval
+  transform, cached on disk;
+- validation: `--val` or a stratified split of the labels, 20% per class (at least 1), seed 0;
+- linear head: LayerNorm + Linear, AdamW (weight decay 1e-6), cross-entropy, linear warmup then
+  cosine, 100 epochs of minibatches of 1024 (at least 200 and at most 1500 steps); the learning
+  rate is picked from LR_GRID on a stratified 20% split of the training set (all grid heads train
+  in one batched pass), or DEFAULT_LR when a class has fewer than 2 training examples;
+- kNN: cosine similarity on L2-normalised features, k=20 (at most the training set), votes
+  weighted by exp(similarity / 0.07) as in DINO;
+- shots: k examples per class drawn per seed (a class with fewer uses all it has, and the result
+  says so); 'all' uses every training example, seeds then vary only the head's initialisation;
+- metrics: top-1, balanced accuracy (mean recall over classes in the validation set), macro-F1
+  (over classes that are true or predicted), per-class accuracy, confusion matrix.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lejepa_cli.errors import DataError, UsageError
+
+ALL = "all"
+VAL_FRACTION = 0.2  # share of each class held out when no --val is given
+SPLIT_SEED = 0  # the validation split never changes between runs
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2)  # AdamW learning rates tried for the linear head
+DEFAULT_LR = 3e-3  # used when the training set is too small to pick one
+WEIGHT_DECAY = 1e-6
+EPOCHS = 100  # passes over the training features
+BATCH_SIZE = 1024  # minibatch of cached features
+MIN_STEPS = 200  # tiny training sets still get a converged head
+MAX_STEPS = 1500  # large ones stay fast (seconds on CPU for 20,000 x 512)
+WARMUP_SHARE = 0.05  # of the steps, linear warmup
+KNN_K = 20
+KNN_T = 0.07
+METRICS = ("top1", "balanced_accuracy", "macro_f1")
+
+ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+# ---------------------------------------------------------------- labels
+
+
+def _sort_classes(labels: Sequence[str]) -> list[str]:
+    unique = set(labels)
+    try:  # integer labels sort as numbers (2 before 10)
+        return sorted(unique, key=lambda s: (int(s), s))
+    except ValueError:
+        return sorted(unique)
+
+
+def read_labels(
+    csv_path: str | Path, root: str | Path | None = None
+) -> tuple[list[str], list[str]]:
+    """(absolute image paths, labels) from a CSV with header `path,label`.
+
+    Paths are relative to `root` when given, else to the CSV's folder; absolute paths are kept.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise DataError(f"labels file not found: {csv_path}")
+    base = Path(root) if root is not None else csv_path.parent
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = [(i + 2, r) for i, r in enumerate(reader)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {csv_path} as CSV ({exc}); save it as UTF-8 text") from None
+    names = [h.strip().lower() for h in header or []]
+    if "path" not in names or "label" not in names:
+        found = ", ".join(h.strip() for h in header or []) or "nothing"
+        raise DataError(
+            f"{csv_path} needs a header row with the columns path,label (found: {found}); "
+            "add the line `path,label` at the top"
+        )
+    ip, il = names.index("path"), names.index("label")
+    paths, labels, seen = [], [], {}
+    for line, row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(ip, il) or not row[ip].strip() or not row[il].strip():
+            raise DataError(f"{csv_path} line {line}: needs both a path and a label")
+        rel, label = row[ip].strip(), row[il].strip()
+        path = str((base / rel).resolve())
+        if path in seen:
+            if seen[path] != label:
+                raise DataError(
+                    f"{csv_path} line {line}: {rel} appears twice with labels "
+                    f"'{seen[path]}' and '{label}'; keep one"
+                )
+            continue
+        seen[path] = label
+        paths.append(path)
+        labels.append(label)
+    if not paths:
+        raise DataError(f"{csv_path} has a header but no rows; add one `path,label` row per image")
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        shown = ", ".join(
+            str(Path(p).relative_to(base.resolve())) if _under(p, base) else p for p in missing[:3]
+        )
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        hint = (
+            "--root" if root is not None else "--root (paths are read relative to the CSV's folder)"
+        )
+        raise DataError(
+            f"{len(missing)} of {len(paths)} paths in {csv_path} do not exist under {base}: "
+            f"{shown}{more}; fix the paths or point {hint} at the image folder"
+        )
+    return paths, labels
+
+
+def _under(path: str, base: Path) -> bool:
+    try:
+        Path(path).relative_to(base.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def parse_shots(shots: str | Sequence[str | int]) -> list[int | str]:
+    """'1,10,all' -> [1, 10, 'all'] (deduplicated, in the given order)."""
+    items = shots.split(",") if isinstance(shots, str) else list(shots)
+    out: list[int | str] = []
+    for item in items:
+        text = str(item).strip().lower()
+        if not text:
+            continue
+        if text == ALL:
+            value: int | str = ALL
+        elif text.isdigit() and int(text) >= 1:
+            value = int(text)
+        else:
+            raise UsageError(
+                f"--shots takes positive integers and 'all', comma separated (e.g. 1,10,all), not {item!r}"
+            )
+        if value not in out:
+            out.append(value)
+    if not out:
+        raise UsageError("--shots is empty; pass e.g. 1,10,all")
+    return out
+
+
+def stratified_split(
+    y: np.ndarray, fraction: float, seed: int, classes: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, val indices): `fraction` of each class (at least 1) held out."""
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        if len(idx) < 2:
+            name = classes[c] if classes is not None else str(c)
+            raise DataError(
+                f"class '{name}' has only 1 labeled example; a validation split needs at least 2 "
+                "per class: add examples or pass --val with a separate validation CSV"
+            )
+        idx = rng.permutation(idx)
+        n_val = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        val.append(idx[:n_val])
+        train.append(idx[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def sample_shots(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k indices per class (all of a class that has fewer), drawn with `seed`."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        picked.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> dict:
+    """top-1, balanced accuracy, macro-F1, per-class accuracy (None if absent), confusion."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)  # (true, predicted)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    support = confusion.sum(1)
+    predicted = confusion.sum(0)
+    tp = np.diag(confusion)
+    present = support > 0
+    recall = np.where(present, tp / np.maximum(support, 1), np.nan)
+    precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+    f1 = np.where(
+        tp > 0,
+        2
+        * precision
+        * np.nan_to_num(recall)
+        / np.maximum(precision + np.nan_to_num(recall), 1e-12),
+        0.0,
+    )
+    scored = present | (predicted > 0)  # sklearn's macro-F1 averages over true or predicted labels
+    return {
+        "top1": float(tp.sum() / max(1, len(y_true))),
+        "balanced_accuracy": float(np.nanmean(recall[present])) if present.any() else 0.0,
+        "macro_f1": float(f1[scored].mean()) if scored.any() else 0.0,
+        "per_class_accuracy": [
+            None if not p else float(r) for p, r in zip(present, recall, strict=True)
+        ],
+        "confusion": confusion.tolist(),
+    }
+
+
+# ---------------------------------------------------------------- heads
+
+
+def _steps(n: int, batch: int, epochs: int) -> int:
+    return int(min(MAX_STEPS, max(MIN_STEPS, epochs * math.ceil(n / batch))))
+
+
+def _fit_heads(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    lrs: Sequence[float],
+    seed: int,
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH_SIZE,
+) -> dict[str, torch.Tensor]:
+    """Train one LayerNorm + Linear head per learning rate, all in one batched pass.
+
+    The normalisation part of LayerNorm has no parameters, so it is applied once to the cached
+    features; each head keeps its own LayerNorm affine (gamma, beta) and Linear (W, b).
+    """
+    n, dim = x.shape
+    heads = len(lrs)
+    gen = torch.Generator().manual_seed(seed)
+    xn = F.layer_norm(x, (dim,))  # (N, F)
+    gamma = [torch.ones(dim, device=x.device, requires_grad=True) for _ in lrs]
+    beta = [torch.zeros(dim, device=x.device, requires_grad=True) for _ in lrs]
+    weight = [
+        (torch.randn(dim, num_classes, generator=gen) * 0.01).to(x.device).requires_grad_()
+        for _ in lrs
+    ]
+    bias = [torch.zeros(num_classes, device=x.device, requires_grad=True) for _ in lrs]
+    groups = [
+        {"params": [gamma[g], beta[g], weight[g], bias[g]], "lr": lr} for g, lr in enumerate(lrs)
+    ]
+    opt = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY)
+    batch = min(batch_size, n)
+    steps = _steps(n, batch, epochs)
+    warmup = max(1, int(WARMUP_SHARE * steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    order = torch.randperm(n, generator=gen).to(x.device)
+    pos = 0
+    for _ in range(steps):
+        if batch == n:
+            xb, yb = xn, y
+        else:
+            if pos + batch > n:
+                order = torch.randperm(n, generator=gen).to(x.device)
+                pos = 0
+            take = order[pos : pos + batch]
+            pos += batch
+            xb, yb = xn[take], y[take]
+        h = xb[None] * torch.stack(gamma)[:, None] + torch.stack(beta)[:, None]  # (G, B, F)
+        logits = torch.baddbmm(torch.stack(bias)[:, None], h, torch.stack(weight))  # (G, B, C)
+        # summed over heads: each head's gradient is its own mean cross-entropy
+        loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat(heads), reduction="sum") / len(yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return {
+        "gamma": torch.stack(gamma).detach(),  # (G, F)
+        "beta": torch.stack(beta).detach(),  # (G, F)
+        "weight": torch.stack(weight).detach(),  # (G, F, C)
+        "bias": torch.stack(bias).detach(),  # (G, C)
+    }
+
+
+def _head_logits(heads: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """x (M, F) -> logits (G, M, C) of every head."""
+    xn = F.layer_norm(x, (x.shape[1],))  # (M, F)
+    h = xn[None] * heads["gamma"][:, None] + heads["beta"][:, None]  # (G, M, F)
+    return torch.baddbmm(heads["bias"][:, None], h, heads["weight"])  # (G, M, C)
+
+
+def select_lr(
+    train_x: np.ndarray, train_y: np.ndarray, num_classes: int, seed: int = 0, device: str = "cpu"
+) -> float:
+    """The grid learning rate with the best balanced accuracy (then loss) on a stratified 20%
+    split of the training set; DEFAULT_LR when a class has fewer than 2 examples."""
+    counts = np.bincount(train_y, minlength=num_classes)
+    if (counts[counts > 0] < 2).any() or len(train_y) < 4:
+        return DEFAULT_LR
+    fit, held = stratified_split(train_y, VAL_FRACTION, seed)
+    dev = torch.device(device)
+    x = torch.as_tensor(train_x, dtype=torch.float32, device=dev)
+    y = torch.as_tensor(train_y, dtype=torch.int64, device=dev)
+    heads = _fit_heads(x[fit], y[fit], num_classes, LR_GRID, seed)
+    with torch.no_grad():
+        logits = _head_logits(heads, x[held])  # (G, M, C)
+        losses = [F.cross_entropy(lg, y[held]).item() for lg in logits]
+    scores = []
+    for g, lg in enumerate(logits):
+        m = classification_metrics(train_y[held], lg.argmax(-1).cpu().numpy(), num_classes)
+        scores.append((m["balanced_accuracy"], -losses[g]))
+    return float(LR_GRID[max(range(len(LR_GRID)), key=lambda g: scores[g])])
+
+
+def knn_predict(
+    train_x: np.ndarray | torch.Tensor,
+    train_y: np.ndarray | torch.Tensor,
+    val_x: np.ndarray | torch.Tensor,
+    num_classes: int,
+    k: int = KNN_K,
+    temperature: float = KNN_T,
+    device: str = "cpu",
+    chunk: int = 1024,
+) -> np.ndarray:
+    """Temperature-weighted kNN vote on cosine similarity (DINO). Returns (M,) predictions."""
+    dev = torch.device(device)
+    train = F.normalize(torch.as_tensor(train_x, dtype=torch.float32, device=dev), dim=1)  # (N, F)
+    labels = torch.as_tensor(train_y, dtype=torch.int64, device=dev)  # (N,)
+    val = F.normalize(torch.as_tensor(val_x, dtype=torch.float32, device=dev), dim=1)  # (M, F)
+    k = max(1, min(k, len(train)))
+    preds = []
+    for start in range(0, len(val), chunk):
+        sim = val[start : start + chunk] @ train.T  # (m, N)
+        top, idx = sim.topk(k, dim=1)  # (m, k)
+        votes = torch.zeros(len(sim), num_classes, device=dev)  # (m, C)
+        votes.scatter_add_(1, labels[idx], (top / temperature).exp())
+        preds.append(votes.argmax(1))
+    if not preds:
+        return np.zeros(0, dtype=np.int64)
+    return torch.cat(preds).cpu().numpy()
+
+
+def probe_arrays(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    classes: Sequence[str],
+    seed: int = 0,
+    lr: float | None = None,
+    device: str = "cpu",
+    knn_k: int = KNN_K,
+    knn_t: float = KNN_T,
+) -> dict[str, Any]:
+    """Linear and kNN probes on feature arrays; labels are integers indexing `classes`.
+
+    Returns {"linear": metrics + lr, "knn": metrics + k, "num_train", "num_val"} where metrics
+    are those of `classification_metrics`. `lr=None` picks one with `select_lr`.
+    """
+    num_classes = len(classes)
+    train_y = np.asarray(train_y, dtype=np.int64)
+    val_y = np.asarray(val_y, dtype=np.int64)
+    if lr is None:
+        lr = select_lr(train_x, train_y, num_classes, seed, device)
+    dev = torch.device(device)
+    x = torch.as_tensor(train_x, dtype=torch.float32, device=dev)
+    y = torch.as_tensor(train_y, dtype=torch.int64, device=dev)
+    heads = _fit_heads(x, y, num_classes, [lr], seed)
+    with torch.no_grad():
+        logits = _head_logits(heads, torch.as_tensor(val_x, dtype=torch.float32, device=dev))
+    linear = classification_metrics(val_y, logits[0].argmax(-1).cpu().numpy(), num_classes)
+    knn_pred = knn_predict(train_x, train_y, val_x, num_classes, knn_k, knn_t, device)
+    knn = classification_metrics(val_y, knn_pred, num_classes)
+    return {
+        "linear": {**linear, "lr": float(lr)},
+        "knn": {**knn, "k": int(min(knn_k, len(train_y))), "temperature": knn_t},
+        "num_train": int(len(train_y)),
+        "num_val": int(len(val_y)),
+    }
+
+
+def probe_backbone_on_csv(
+    backbone: torch.nn.Module,
+    spec: Any,
+    labels_csv: str | Path,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    """One linear + kNN probe of a live backbone on all of a labels CSV (fixed stratified split).
+
+    For the model-selection report, which probes every kept checkpoint: flat metrics such as
+    `linear_top1` and `knn_top1`. The backbone's train/eval mode is left as it was.
+    """
+    from lejepa_cli.artifacts import Encoder
+    from lejepa_cli.features import probe_features
+
+    paths, labels = read_labels(labels_csv)
+    classes = _sort_classes(labels)
+    if len(classes) < 2:
+        raise DataError(f"{labels_csv} has a single class; a probe needs at least two")
+    y = _encode(labels, classes)
+    encoder = Encoder(
+        backbone=backbone,
+        arch=type(backbone).__name__,
+        spec=spec,
+        feature_dim=int(getattr(backbone, "num_features", 0)),
+        source={"kind": "live"},
+        fingerprint="",
+    )
+    x, ok = probe_features(encoder, paths, batch_size=batch_size, device=str(device))
+    keep = np.flatnonzero(ok)
+    train_idx, val_idx = stratified_split(y[keep], VAL_FRACTION, SPLIT_SEED, classes)
+    train_idx, val_idx = keep[train_idx], keep[val_idx]
+    res = probe_arrays(
+        x[train_idx], y[train_idx], x[val_idx], y[val_idx], classes, seed, device=str(device)
+    )
+    out: dict[str, Any] = {
+        "num_train": res["num_train"],
+        "num_val": res["num_val"],
+        "num_classes": len(classes),
+    }
+    for head in ("linear", "knn"):
+        for metric in METRICS:
+            out[f"{head}_{metric}"] = res[head][metric]
+    return out
+
+
+# ---------------------------------------------------------------- the probe
+
+
+@dataclass
+class ProbeResult:
+    rows: list[dict[str, Any]]  # one per model x head x shots, metrics as mean/std/values
+    classes: list[str]
+    source: dict[str, Any]
+    out_dir: Path
+    json_path: Path
+    confusion_png: Path | None
+    notes: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable image -> reason
+    data: dict[str, Any] = field(default_factory=dict)  # everything written to probe.json
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std()), "values": [float(v) for v in arr]}
+
+
+def _encode(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[lab] for lab in labels], dtype=np.int64)
+
+
+def _clamp_note(y: np.ndarray, k: int, classes: Sequence[str]) -> str | None:
+    counts = np.bincount(y, minlength=len(classes))
+    short = [(classes[c], int(n)) for c, n in enumerate(counts) if 0 < n < k]
+    if not short:
+        return None
+    listed = ", ".join(f"{name}: {n}" for name, n in short[:5])
+    more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+    return (
+        f"{k}-shot: {len(short)} classes have fewer than {k} training examples "
+        f"({listed}{more}); they use all they have"
+    )
+
+
+def _save_confusion(
+    path: Path, confusion: list[list[int]], classes: Sequence[str], title: str
+) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(confusion, dtype=np.float64)
+    rows = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    n = len(classes)
+    side = min(16.0, max(4.0, 0.45 * n + 2.5))
+    fig = Figure(figsize=(side, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(111)
+    im = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ticks = range(n)
+    names = [c if len(c) <= 18 else c[:17] + "…" for c in classes]
+    if n <= 60:
+        ax.set_xticks(list(ticks), names, rotation=90, fontsize=8)
+        ax.set_yticks(list(ticks), names, fontsize=8)
+    if n <= 25:  # counts stay legible up to about this many classes
+        for i in range(n):
+            for j in range(n):
+                if matrix[i, j]:
+                    color = "white" if rows[i, j] > 0.5 else "black"
+                    ax.text(
+                        j, i, int(matrix[i, j]), ha="center", va="center", fontsize=7, color=color
+                    )
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run_probe(
+    model_path: str | Path,
+    labels_csv: str | Path,
+    val_csv: str | Path | None = None,
+    root: str | Path | None = None,
+    shots: str | Sequence[str | int] = (ALL,),
+    seeds: int = 3,
+    checkpoint: str | int | None = "last",
+    out_dir: str | Path | None = None,
+    baseline: str | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: ProgressFn | None = None,
+) -> ProbeResult:
+    """Probe a run's checkpoint or an export with labeled images; write probe.json and a
+    confusion matrix into `out_dir` (default MODEL/probe/)."""
+    from lejepa_cli import __version__
+    from lejepa_cli.artifacts import load_encoder, random_encoder
+    from lejepa_cli.features import cached_features, resolve_device
+
+    started = time.time()
+    shot_list = parse_shots(shots)
+    if int(seeds) < 1:
+        raise UsageError("--seeds must be at least 1")
+    if baseline not in (None, "random"):
+        raise UsageError(f"--baseline takes 'random', not {baseline!r}")
+    # Read the labels before loading any weights: a bad CSV fails in a blink.
+    train_paths, train_labels = read_labels(labels_csv, root)
+    val_paths, val_labels = read_labels(val_csv, root) if val_csv is not None else ([], [])
+    classes = _sort_classes(train_labels)
+    if len(classes) < 2:
+        raise DataError(
+            f"{labels_csv} has a single class ('{classes[0]}'); a probe needs at least two classes"
+        )
+    if val_csv is not None:
+        unknown = sorted(set(val_labels) - set(classes))
+        if unknown:
+            raise DataError(
+                f"{val_csv} has labels that {labels_csv} never uses ({', '.join(unknown[:5])}); "
+                "every validation class needs training examples"
+            )
+        train_idx = np.arange(len(train_paths))
+        paths = train_paths + val_paths
+        y_all = _encode(train_labels + val_labels, classes)
+        val_idx = np.arange(len(train_paths), len(paths))
+    else:
+        paths = train_paths
+        y_all = _encode(train_labels, classes)
+        train_idx, val_idx = stratified_split(y_all, VAL_FRACTION, SPLIT_SEED, classes)
+
+    encoder = load_encoder(model_path, checkpoint)
+    out = Path(out_dir) if out_dir is not None else Path(encoder.source["path"]) / "probe"
+    out.mkdir(parents=True, exist_ok=True)
+    dev = str(resolve_device(device))
+
+    models = [("checkpoint", encoder)]
+    if baseline == "random":
+        models.append(("random", random_encoder(encoder, seed=0)))
+
+    notes: list[str] = []
+    features = {}
+    for name, enc in models:
+        stage = "features" if name == "checkpoint" else "random-init features"
+        cb = (lambda done, total, s=stage: progress(s, done, total)) if progress else None
+        features[name] = cached_features(
+            enc, paths, "probe", out / "cache", batch_size, workers, dev, cb
+        )
+    fs = features["checkpoint"]
+    if fs.errors:
+        notes.append(f"{len(fs.errors)} labeled images could not be read and were left out")
+    ok = fs.ok
+    train_idx = train_idx[ok[train_idx]]
+    val_idx = val_idx[ok[val_idx]]
+    present = np.unique(y_all[train_idx])
+    if len(present) < 2:
+        raise DataError("fewer than two classes are left once unreadable images are dropped")
+    if len(val_idx) == 0:
+        raise DataError("no readable validation images are left; check the images or --val")
+
+    rows: list[dict[str, Any]] = []
+    per_seed: dict[tuple, list[dict]] = {}
+    for s in shot_list:
+        if s != ALL:
+            note = _clamp_note(y_all[train_idx], int(s), classes)
+            if note:
+                notes.append(note)
+    total = len(models) * len(shot_list) * int(seeds)
+    done = 0
+    for name, _ in models:
+        x_all = features[name].features
+        for s in shot_list:
+            lr = None
+            for seed in range(int(seeds)):
+                idx = (
+                    train_idx
+                    if s == ALL
+                    else train_idx[sample_shots(y_all[train_idx], int(s), seed)]
+                )
+                if lr is None:  # picked once per model and shots, on the first seed's examples
+                    lr = select_lr(x_all[idx], y_all[idx], len(classes), seed, dev)
+                res = probe_arrays(
+                    x_all[idx], y_all[idx], x_all[val_idx], y_all[val_idx], classes, seed, lr, dev
+                )
+                per_seed.setdefault((name, s), []).append(res)
+                done += 1
+                if progress:
+                    progress("probing", done, total)
+
+    label_of = {
+        "checkpoint": f"{encoder.source.get('checkpoint') or encoder.source['kind']}",
+        "random": "random init",
+    }
+    for name, _ in models:
+        for head in ("linear", "knn"):
+            for s in shot_list:
+                results = per_seed[(name, s)]
+                per_class = np.array(
+                    [
+                        [np.nan if v is None else v for v in r[head]["per_class_accuracy"]]
+                        for r in results
+                    ]
+                )
+                with np.errstate(all="ignore"):
+                    class_mean = np.nanmean(per_class, axis=0) if len(per_class) else []
+                rows.append(
+                    {
+                        "model": name,
+                        "name": label_of[name],
+                        "head": head,
+                        "shots": s,
+                        "seeds": len(results),
+                        "num_train": [r["num_train"] for r in results],
+                        "num_val": results[0]["num_val"],
+                        **{m: _summary([r[head][m] for r in results]) for m in METRICS},
+                        "per_class_accuracy": {
+                            c: (None if np.isnan(v) else float(v))
+                            for c, v in zip(classes, class_mean, strict=True)
+                        },
+                        "lr": results[0][head].get("lr"),
+                        "confusion": results[0][head]["confusion"],
+                    }
+                )
+
+    confusion_png = None
+    main_all = [
+        r
+        for r in rows
+        if r["model"] == "checkpoint" and r["head"] == "linear" and r["shots"] == ALL
+    ]
+    if main_all:
+        confusion_png = out / "confusion.png"
+        _save_confusion(
+            confusion_png,
+            main_all[0]["confusion"],
+            classes,
+            f"linear probe, {label_of['checkpoint']} (seed 0)",
+        )
+
+    val_counts = np.bincount(y_all[val_idx], minlength=len(classes))
+    train_counts = np.bincount(y_all[train_idx], minlength=len(classes))
+    data = {
+        "version": __version__,
+        "source": {**encoder.source, "arch": encoder.arch, "fingerprint": encoder.fingerprint},
+        "feature_kind": "probe",
+        "feature_dim": int(fs.features.shape[1]) if fs.features.ndim == 2 else 0,
+        "labels": str(Path(labels_csv).resolve()),
+        "validation": str(Path(val_csv).resolve())
+        if val_csv is not None
+        else f"stratified split {VAL_FRACTION:.0%} per class, seed {SPLIT_SEED}",
+        "classes": classes,
+        "train_counts": {c: int(n) for c, n in zip(classes, train_counts, strict=True)},
+        "val_counts": {c: int(n) for c, n in zip(classes, val_counts, strict=True)},
+        "shots": shot_list,
+        "seeds": int(seeds),
+        "baseline": {"kind": "random", "seed": 0, "arch": encoder.arch} if baseline else None,
+        "protocol": {
+            "linear": {
+                "head": "LayerNorm + Linear",
+                "optimizer": "AdamW",
+                "weight_decay": WEIGHT_DECAY,
+                "lr_grid": list(LR_GRID),
+                "default_lr": DEFAULT_LR,
+                "epochs": EPOCHS,
+                "batch_size": BATCH_SIZE,
+                "schedule": "linear warmup + cosine",
+            },
+            "knn": {"k": KNN_K, "temperature": KNN_T, "similarity": "cosine"},
+        },
+        "rows": rows,
+        "skipped": fs.errors,
+        "notes": notes,
+        "cache": {
+            name: {"hit": f.cached, "file": str(f.file) if f.file else None}
+            for name, f in features.items()
+        },
+        "confusion_png": str(confusion_png) if confusion_png else None,
+        "seconds": round(time.time() - started, 3),
+    }
+    json_path = out / "probe.json"
+    tmp = json_path.with_name(".probe.json.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(json_path)
+    return ProbeResult(
+        rows=rows,
+        classes=classes,
+        source=data["source"],
+        out_dir=out,
+        json_path=json_path,
+        confusion_png=confusion_png,
+        notes=notes,
+        skipped=fs.errors,
+        data=data,
+    )
