@@ -1,0 +1,600 @@
+"""Label-free model selection: a held-out LeJEPA score per checkpoint, ranked by the paper's rule.
+
+The LeJEPA loss tracks downstream accuracy (Balestriero & LeCun, arXiv:2511.08544, section 6.2),
+so a checkpoint can be chosen without labels. Training-batch losses are too noisy for that: every
+step sees other images, other crops and other SIGReg directions. At every kept checkpoint the
+trainer calls `after_checkpoint`, which evaluates the model in eval mode on
+
+- a fixed held-out subset of the user's images (`split_holdout`: the images whose relative paths
+  have the smallest crc32, so it depends on the folder only, never on the seed, and every run on
+  the same folder holds out the same images);
+- fixed crops: the run's multi-crop recipe, with the random stream of held-out image number i
+  seeded by (HOLDOUT_CROP_SEED, i) only, so the same images get the same crops at every
+  checkpoint and in every run with the same view sizes, counts and scales;
+- fixed SIGReg directions: HELDOUT_SLICES directions drawn at the constant step
+  HELDOUT_DIRECTIONS_STEP, whatever the run's own --num-slices;
+
+and records loss = (1 - lam) * pred + lam * sigreg there. Checkpoints are ranked by the paper's
+Eq. 8, lower `loss / lam**ALPHA` is better with ALPHA = 0.4; within one run lam is fixed, so this
+ranks by the held-out loss. A checkpoint whose backbone embeddings collapsed (see
+`diagnostics.py`) is ranked after every healthy one whatever its score: a constant embedding can
+make the prediction term vanish, and a small lam would then reward it.
+
+Comparing runs. Scores are comparable across runs when they were computed on the same held-out
+images, crops and directions: the same holdout (count and fingerprint of its paths), the same
+view counts, crop sizes and scales, and the same projector output dimension (the directions live
+in that space). Architecture, batch size, learning rate, weight decay and epochs may differ:
+those are what the ranking is for. A different lam is handled by the lam**ALPHA normalisation.
+When the conditions do not hold, the report and `lejepa inspect RUN_A RUN_B` still show the
+numbers, with a warning that the comparison is not meaningful. Without a holdout (--holdout 0)
+checkpoints fall back to their last epoch's mean training loss, which is noisier and is never
+compared with held-out scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lejepa_cli import checkpoint as ckpt_io
+from lejepa_cli import diagnostics
+
+log = logging.getLogger("lejepa_cli.selection")
+
+ALPHA = 0.4  # exponent of lam in the paper's Eq. 8
+LAM_FLOOR = 1e-4  # lam = 0 (no SIGReg) would divide by zero: it counts as this
+HOLDOUT_CROP_SEED = 0x4E1D0  # with the image's position in the holdout, seeds its crops
+HELDOUT_DIRECTIONS_STEP = 10**12  # SIGReg directions of the held-out score: one constant draw
+HELDOUT_SLICES = 1024  # directions of the held-out score, whatever the run's --num-slices
+SCORE_VERSION = 1  # bump when the score's definition changes: old and new do not compare
+EVAL_CHUNK = 64  # held-out images per forward pass
+
+SELECTION_FILE = "selection.jsonl"  # run-level history: survives deleted checkpoints
+HELDOUT_FILE = "heldout.json"  # the score, next to the checkpoint it scores
+REPORT_JSON = "report.json"
+REPORT_HTML = "report.html"
+
+# What must match for two held-out scores to compare (lam may differ: it is normalised).
+COMPARABLE_KEYS = (
+    "score_version",
+    "holdout_count",
+    "holdout_fingerprint",
+    "global_views",
+    "local_views",
+    "global_size",
+    "local_size",
+    "global_scale",
+    "local_scale",
+    "proj_dim",
+)
+
+
+# ----------------------------------------------------------------------------- the holdout
+
+
+def split_holdout(index, count: int):
+    """(train, holdout) ImageIndex subsets; the holdout is the `count` images whose relative
+    paths have the smallest crc32 (ties by scan order), in scan order.
+
+    Depends on the folder only, not on the seed: runs on the same folder hold out the same
+    images, and their scores compare. count <= 0 gives an empty holdout.
+    """
+    n = len(index)
+    count = max(0, min(int(count), n))
+    keys = np.fromiter(
+        (zlib.crc32(p.encode("utf-8", "surrogateescape")) for p in index.relpaths()),
+        dtype=np.int64,
+        count=n,
+    )
+    order = np.lexsort((np.arange(n), keys))  # by crc32, then position
+    held = np.sort(order[:count])
+    keep = np.ones(n, dtype=bool)
+    keep[held] = False
+    return index.subset(np.flatnonzero(keep)), index.subset(held)
+
+
+def holdout_fingerprint(holdout) -> str:
+    """A short hash of the held-out relative paths, in order: equal holdouts, equal prints."""
+    h = hashlib.sha256()
+    for p in holdout.relpaths():
+        h.update(p.encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()[:16]
+
+
+def multicrop_config(cfg):
+    """The run's view recipe as a MultiCropConfig (sizes must be resolved numbers)."""
+    from lejepa_cli.data.multicrop import MultiCropConfig
+
+    return MultiCropConfig(
+        global_views=int(cfg.global_views),
+        local_views=int(cfg.local_views),
+        global_size=int(cfg.global_size),
+        local_size=int(cfg.local_size),
+        global_scale=tuple(cfg.global_scale),
+        local_scale=tuple(cfg.local_scale),
+    )
+
+
+def comparison_key(cfg, holdout_count: int, fingerprint: str) -> dict[str, Any]:
+    """The conditions under which two held-out scores compare (see the module docstring)."""
+    return {
+        "score_version": SCORE_VERSION,
+        "holdout_count": int(holdout_count),
+        "holdout_fingerprint": fingerprint,
+        "global_views": int(cfg.global_views),
+        "local_views": int(cfg.local_views),
+        "global_size": int(cfg.global_size),
+        "local_size": int(cfg.local_size),
+        "global_scale": [float(v) for v in cfg.global_scale],
+        "local_scale": [float(v) for v in cfg.local_scale],
+        "proj_dim": int(cfg.proj_dim),
+    }
+
+
+def holdout_crops(holdout, position: int, cropper) -> dict[str, torch.Tensor]:
+    """The fixed crops of held-out image `position`: its random stream depends on nothing else.
+
+    Decoded as training decodes (possibly reduced to the cropper's `min_source_side`).
+    """
+    from lejepa_cli.data.decode import load_rgb
+
+    rng = np.random.default_rng((HOLDOUT_CROP_SEED, position))
+    img = load_rgb(holdout.abspath(position), min_side=cropper.min_source_side)
+    return cropper(img, rng)  # uint8 {"global_crops": (Vg, 3, G, G), "local_crops": ...}
+
+
+# ----------------------------------------------------------------------------- the score
+
+
+def normalized_score(loss: float, lam: float, alpha: float = ALPHA) -> float:
+    """The paper's Eq. 8 ranking value: loss / lam**alpha (lower is better)."""
+    return float(loss) / max(float(lam), LAM_FLOOR) ** alpha
+
+
+@dataclass
+class HeldoutResult:
+    loss: float
+    pred: float
+    sigreg: float
+    num_images: int  # images that decoded (unreadable held-out files are left out)
+    skipped: list[str]  # "relpath: reason" of those left out
+    features: np.ndarray  # (N, F) backbone embeddings of the first global view
+
+
+def _autocast(device: torch.device, cfg):
+    if device.type == "cuda" and getattr(cfg, "precision", "auto") != "fp32":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> HeldoutResult:
+    """The LeJEPA loss of `model` on the fixed held-out crops, in eval mode, without gradients.
+
+    The model's train/eval mode is restored afterwards. The loss is computed on the whole
+    holdout at once (N = holdout size) with the fixed directions, on this process alone.
+    """
+    from lejepa_cli.data.decode import DecodeError
+    from lejepa_cli.data.multicrop import MultiCrop, normalize
+    from lejepa_cli.objective import lejepa_loss
+
+    cropper = MultiCrop(multicrop_config(cfg))
+    was_training = model.training
+    captured: list[torch.Tensor] = []
+    # The projector's input is the backbone embedding: capture it instead of a second forward.
+    hook = model.projector.register_forward_pre_hook(
+        lambda _module, args: captured.append(args[0].detach())
+    )
+    global_parts, all_parts, feature_parts, skipped = [], [], [], []
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(holdout), EVAL_CHUNK):
+                crops = []
+                for i in range(start, min(start + EVAL_CHUNK, len(holdout))):
+                    try:
+                        crops.append(holdout_crops(holdout, i, cropper))
+                    except DecodeError as exc:
+                        skipped.append(f"{holdout.relpath(i)}: {exc.reason}")
+                if not crops:
+                    continue
+                g = torch.stack([c["global_crops"] for c in crops], dim=1)  # (Vg, b, 3, G, G)
+                g = normalize(g.to(device), spec.mean, spec.std)
+                loc = None
+                if int(cfg.local_views) > 0:
+                    loc = torch.stack([c["local_crops"] for c in crops], dim=1)  # (Vl, b, 3, L, L)
+                    loc = normalize(loc.to(device), spec.mean, spec.std)
+                captured.clear()
+                with _autocast(device, cfg):
+                    global_z, all_z = model(g, loc)  # (Vg, b, K), (V, b, K)
+                feats = captured[0].float().view(g.shape[0], g.shape[1], -1)  # (Vg, b, F)
+                global_parts.append(global_z.float())
+                all_parts.append(all_z.float())
+                feature_parts.append(feats[0].cpu())
+    finally:
+        hook.remove()
+        model.train(was_training)
+    if not global_parts:
+        raise RuntimeError(f"none of the {len(holdout)} held-out images could be read")
+    global_z = torch.cat(global_parts, dim=1)  # (Vg, N, K)
+    all_z = torch.cat(all_parts, dim=1)  # (V, N, K)
+    out = lejepa_loss(
+        global_z,
+        all_z,
+        lam=float(cfg.lam),
+        step=HELDOUT_DIRECTIONS_STEP,
+        num_slices=HELDOUT_SLICES,
+        sync_ranks=False,  # rank 0 evaluates alone
+    )
+    return HeldoutResult(
+        loss=float(out.loss),
+        pred=float(out.pred),
+        sigreg=float(out.sigreg),
+        num_images=int(global_z.shape[1]),
+        skipped=skipped,
+        features=torch.cat(feature_parts).numpy(),
+    )
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def probe_checkpoint(model, cfg, spec, device: torch.device) -> dict[str, Any]:
+    """Linear and kNN probe of the frozen backbone on the run's labelled images (`cfg.labels`).
+
+    The probe library's fixed stratified split and defaults, on eval-transform features; flat
+    metrics such as `linear_top1` and `knn_top1`. The model's train/eval mode is restored.
+    """
+    from lejepa_cli.probe import probe_backbone_on_csv
+
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            return probe_backbone_on_csv(model.backbone, spec, Path(cfg.labels), device=device)
+    finally:
+        model.train(was_training)
+
+
+# ----------------------------------------------------------------------------- history
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    """The recorded scores of a run, the latest record per checkpoint, oldest step first.
+
+    Lines that do not parse (a write cut short by a crash) are skipped.
+    """
+    path = Path(run_dir) / SELECTION_FILE
+    latest: dict[str, dict[str, Any]] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("checkpoint"), str):
+            latest[rec["checkpoint"]] = rec
+    return sorted(latest.values(), key=lambda r: (r.get("step") or 0, r["checkpoint"]))
+
+
+def _append_history(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(Path(run_dir) / SELECTION_FILE, "a") as f:
+        f.write(json.dumps(record, allow_nan=False, default=_jsonable) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def clean_json(value: Any) -> Any:
+    """`value` with NaN/inf replaced by None and numpy scalars by Python ones (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.ndarray):
+        return clean_json(value.tolist())
+    return value
+
+
+# ----------------------------------------------------------------------------- ranking
+
+
+def _train_loss(meta: dict[str, Any]) -> float | None:
+    train = meta.get("train") if isinstance(meta, dict) else None
+    loss = train.get("loss") if isinstance(train, dict) else None
+    return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
+
+
+def rank_checkpoints(run_dir: Path, lam: float) -> list[dict[str, Any]]:
+    """Every scored or existing checkpoint of a run, best first, with its rank.
+
+    Order: healthy held-out scores (lower `loss / lam**ALPHA` first), then collapsed ones, then
+    checkpoints without a held-out score ranked by their training loss; ties go to the earlier
+    step. Entries carry `exists` (the directory is still on disk).
+    """
+    run_dir = Path(run_dir)
+    existing = {p.name: p for p in ckpt_io.list_checkpoints(run_dir)}
+    entries: dict[str, dict[str, Any]] = {}
+    for rec in read_history(run_dir):
+        entry = dict(rec)
+        entry["exists"] = rec["checkpoint"] in existing
+        entry["score_source"] = "heldout" if rec.get("score") is not None else "train"
+        entries[rec["checkpoint"]] = entry
+    for name, path in existing.items():
+        if name in entries and entries[name].get("score") is not None:
+            continue
+        try:
+            meta = ckpt_io.read_meta(path)
+        except Exception:  # a damaged meta.json: listed, never recommended
+            meta = {}
+        entry = entries.get(name) or {"checkpoint": name}
+        entry.setdefault("step", meta.get("step"))
+        entry.setdefault("epoch", meta.get("epoch"))
+        entry["exists"] = bool(meta)
+        entry["score_source"] = "train"
+        train_loss = _train_loss(meta)
+        entry["train_loss"] = train_loss
+        entry["score"] = None
+        entry["train_score"] = (
+            normalized_score(train_loss, meta.get("lam", lam)) if train_loss is not None else None
+        )
+        entries[name] = entry
+
+    def key(e: dict[str, Any]):
+        heldout = e["score_source"] == "heldout"
+        value = e.get("score") if heldout else e.get("train_score")
+        tier = (0 if not e.get("collapsed") else 1) if heldout else 2
+        missing = value is None or not math.isfinite(value)
+        return (tier, missing, value if not missing else 0.0, e.get("step") or 0, e["checkpoint"])
+
+    ranked = sorted(entries.values(), key=key)
+    for i, e in enumerate(ranked, 1):
+        e["rank"] = i
+    return ranked
+
+
+def recommend(ranked: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first ranked checkpoint still on disk, and why (None when there is none)."""
+    for e in ranked:
+        if not e.get("exists"):
+            continue
+        if e["score_source"] == "heldout":
+            reason = (
+                f"lowest held-out score loss/lam^{ALPHA} = {e['score']:.4g} "
+                f"(loss {e['loss']:.4g}) among {_count(ranked, 'heldout')} scored checkpoints"
+            )
+            if e.get("collapsed"):
+                reason += "; WARNING: every scored checkpoint shows collapse"
+        else:
+            reason = (
+                "no held-out score (run with --holdout > 0 to get one): lowest training loss "
+                f"of the last epoch ({_fmt(e.get('train_loss'))}), a noisier guide"
+            )
+        return {
+            "checkpoint": e["checkpoint"],
+            "reason": reason,
+            "score": e.get("score") if e["score_source"] == "heldout" else e.get("train_score"),
+            "score_source": e["score_source"],
+            "step": e.get("step"),
+            "epoch": e.get("epoch"),
+        }
+    return {
+        "checkpoint": None,
+        "reason": "no checkpoint on disk yet",
+        "score": None,
+        "score_source": None,
+        "step": None,
+        "epoch": None,
+    }
+
+
+def _count(ranked: list[dict[str, Any]], source: str) -> int:
+    return sum(1 for e in ranked if e["score_source"] == source)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else "n/a"
+
+
+def label_correlation(ranked: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Spearman correlation between -score and probe accuracy over the probed checkpoints.
+
+    None when no checkpoint has both. The value is NaN-free: fewer than 3 points, or a constant
+    side, give None with a note.
+    """
+    rows = [
+        e
+        for e in ranked
+        if e["score_source"] == "heldout" and e.get("score") is not None and e.get("probe")
+    ]
+    if not rows:
+        return None
+    out: dict[str, Any] = {"num_checkpoints": len(rows)}
+    neg = np.array([-float(e["score"]) for e in rows])
+    for metric in ("linear_top1", "knn_top1"):
+        acc = [e["probe"].get(metric) for e in rows]
+        if any(not isinstance(a, (int, float)) for a in acc):
+            out[f"spearman_{metric}"] = None
+            continue
+        rho = diagnostics.spearman(neg, np.array(acc, dtype=np.float64)) if len(rows) >= 3 else None
+        out[f"spearman_{metric}"] = None if rho is None or not math.isfinite(rho) else rho
+    if len(rows) < 3:
+        out["note"] = "a rank correlation needs at least 3 probed checkpoints"
+    return out
+
+
+# ----------------------------------------------------------------------------- comparing runs
+
+
+def compare_keys(keys: dict[str, dict[str, Any] | None]) -> list[str]:
+    """Why scores of these runs (name -> comparison key, None when unscored) do not compare."""
+    problems = []
+    unscored = [name for name, k in keys.items() if not k]
+    if unscored:
+        problems.append(f"no held-out score in {', '.join(unscored)}")
+    scored = {name: k for name, k in keys.items() if k}
+    if len(scored) < 2:
+        return problems
+    for field in COMPARABLE_KEYS:
+        values = {name: json.dumps(k.get(field)) for name, k in scored.items()}
+        if len(set(values.values())) > 1:
+            shown = ", ".join(f"{name}: {json.loads(v)}" for name, v in values.items())
+            problems.append(f"different {field.replace('_', ' ')} ({shown})")
+    return problems
+
+
+# ----------------------------------------------------------------------------- the hook
+
+
+@contextlib.contextmanager
+def _preserve_rng(device: torch.device):
+    """Leave every random stream as it was, so that evaluating does not change training."""
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _strict(strict: bool | None) -> bool:
+    if strict is not None:
+        return strict
+    return os.environ.get("LEJEPA_STRICT_SELECTION", "") not in ("", "0")
+
+
+def after_checkpoint(
+    run_dir: Path,
+    ckpt_dir: Path,
+    model,
+    holdout,
+    cfg,
+    spec,
+    device: torch.device,
+    *,
+    strict: bool | None = None,
+) -> dict[str, Any]:
+    """Score a kept checkpoint, record it, and rewrite report.json and report.html.
+
+    Called by rank 0 after every kept checkpoint with the unwrapped model (in train mode, left
+    in train mode). Records `ckpt_dir/heldout.json` and a line of `RUN/selection.jsonl` and
+    returns the record: flat `loss`, `pred`, `sigreg`, `score`, `effective_rank`,
+    `collapse_warning`, plus `diagnostics`, `probe` (with --labels) and `errors`.
+
+    A failure inside is logged and recorded in `errors`, never raised, so that a bad held-out
+    file cannot stop a long run; `strict=True` (or LEJEPA_STRICT_SELECTION=1) raises instead.
+    """
+    run_dir, ckpt_dir = Path(run_dir), Path(ckpt_dir)
+    strict = _strict(strict)
+    try:
+        meta = ckpt_io.read_meta(ckpt_dir)
+    except Exception:
+        if strict:
+            raise
+        meta = {}
+    fingerprint = holdout_fingerprint(holdout)
+    record: dict[str, Any] = {
+        "checkpoint": ckpt_dir.name,
+        "step": meta.get("step"),
+        "epoch": meta.get("epoch"),
+        "time": time.time(),
+        "lam": float(cfg.lam),
+        "alpha": ALPHA,
+        "arch": cfg.arch,
+        "batch_size": int(cfg.batch_size),
+        "comparison": comparison_key(cfg, len(holdout), fingerprint),
+        "train": meta.get("train"),
+        "loss": None,
+        "pred": None,
+        "sigreg": None,
+        "score": None,
+        "effective_rank": None,
+        "collapsed": None,
+        "collapse_warning": None,
+        "diagnostics": None,
+        "probe": None,
+        "errors": [],
+    }
+
+    def attempt(what: str, fn) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            if strict:
+                raise
+            log.warning("model selection: %s failed for %s: %s", what, ckpt_dir.name, exc)
+            record["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
+            return None
+
+    with _preserve_rng(device):
+        result = None
+        if len(holdout):
+            result = attempt(
+                "held-out score", lambda: evaluate_holdout(model, holdout, cfg, spec, device)
+            )
+        if result is not None:
+            summary = diagnostics.summarize(result.features)
+            record.update(
+                loss=result.loss,
+                pred=result.pred,
+                sigreg=result.sigreg,
+                score=normalized_score(result.loss, cfg.lam),
+                heldout_images=result.num_images,
+                heldout_skipped=result.skipped,
+                effective_rank=summary["effective_rank"],
+                collapsed=summary["collapsed"],
+                collapse_warning="; ".join(summary["warnings"]) or None,
+                diagnostics=summary,
+            )
+        if getattr(cfg, "labels", None):
+            record["probe"] = attempt(
+                "label probe", lambda: probe_checkpoint(model, cfg, spec, device)
+            )
+    record = clean_json(record)
+    attempt("recording", lambda: _record(run_dir, ckpt_dir, record))
+    attempt("report", lambda: write_report(run_dir))
+    return record
+
+
+def _record(run_dir: Path, ckpt_dir: Path, record: dict[str, Any]) -> None:
+    if ckpt_dir.is_dir():
+        ckpt_io.write_json_atomic(ckpt_dir / HELDOUT_FILE, record)
+    _append_history(run_dir, record)
+
+
+def write_report(run_dir: Path) -> tuple[Path, Path]:
+    """Rewrite RUN/report.json and RUN/report.html from what the run has recorded so far."""
+    from lejepa_cli.report import write_report as _write
+
+    return _write(Path(run_dir))
