@@ -1,0 +1,123 @@
+"""Datasets over an ImageIndex: multi-crop views for training, one centred view for embedding.
+
+Every sample's randomness is seeded from (seed, epoch, index) alone, so the views do not depend
+on the number of workers, on which worker serves which index, or on where a run was resumed.
+A file that cannot be read is never fatal: it is reported with the sample and another image,
+chosen by the same seeded generator, takes its place, so every rank sees the same number of
+samples and steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from lejepa_cli.data.decode import DecodeError, load_rgb
+from lejepa_cli.data.multicrop import MultiCrop
+from lejepa_cli.data.scan import ImageIndex
+from lejepa_cli.errors import DataError
+
+
+class MultiCropDataset(Dataset):
+    """`dataset[i]` -> {"global_crops", "local_crops", "index", "skipped"}.
+
+    global_crops: uint8 (Vg, 3, G, G); local_crops: uint8 (Vl, 3, L, L); index: the image
+    actually used (i, or its substitute); skipped: [(relpath, reason)] for files that failed on
+    the way, so the main process learns about failures inside workers.
+    """
+
+    def __init__(self, index: ImageIndex, transform: MultiCrop, seed: int, max_retries: int = 20):
+        if len(index) == 0:
+            raise DataError("the image index is empty; point DATA at a folder of images")
+        self.index = index
+        self.transform = transform
+        self.seed = int(seed)
+        self.max_retries = max_retries
+        # A shared-memory scalar, so set_epoch also reaches persistent DataLoader workers.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Views change with the epoch; call before iterating over each epoch."""
+        self._epoch.fill_(int(epoch))
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def rng(self, i: int) -> np.random.Generator:
+        """The generator for sample i of the current epoch."""
+        return np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, int(i)]))
+
+    def __getitem__(self, i: int) -> dict:
+        rng = self.rng(i)
+        skipped: list[tuple[str, str]] = []
+        j = int(i)
+        for _ in range(self.max_retries + 1):
+            try:
+                img = load_rgb(self.index.abspath(j), min_side=self.transform.min_source_side)
+            except DecodeError as exc:
+                skipped.append((self.index.relpath(j), exc.reason))
+                j = int(rng.integers(len(self.index)))  # same draw on every rank
+                continue
+            crops = self.transform(img, rng)
+            return {**crops, "index": j, "skipped": skipped}
+        last_path, last_reason = skipped[-1]
+        raise DataError(
+            f"{len(skipped)} files in a row could not be read while loading sample {i} (last: "
+            f"{last_path}: {last_reason}); the folder {self.index.root} has too many unreadable "
+            f"files. Run `lejepa inspect {self.index.root}` to list them, then remove or fix them"
+        )
+
+
+def collate_multicrop(samples: list[dict]) -> dict:
+    """Batch samples view-major: global_crops (Vg, B, 3, G, G), local_crops (Vl, B, 3, L, L)."""
+    return {
+        "global_crops": torch.stack([s["global_crops"] for s in samples], dim=1),  # (Vg,B,3,G,G)
+        "local_crops": torch.stack([s["local_crops"] for s in samples], dim=1),  # (Vl,B,3,L,L)
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),  # (B,)
+        "skipped": [item for s in samples for item in s["skipped"]],
+    }
+
+
+class EvalDataset(Dataset):
+    """`dataset[i]` -> (image tensor, ok, i) with one deterministic view per image.
+
+    transform maps an RGB PIL image to a tensor (for example multicrop.EvalTransform). An
+    unreadable file gives a zero image of the same shape with ok=False; callers drop those rows.
+    Reasons for the failures are in `failure_reason(i)` (re-reads the file, for reports).
+    """
+
+    def __init__(self, index: ImageIndex, transform):
+        self.index = index
+        self.transform = transform
+        self._min_side = getattr(transform, "min_source_side", None)
+        self._zero: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, int]:
+        try:
+            img = load_rgb(self.index.abspath(i), min_side=self._min_side)
+        except DecodeError:
+            return self._zero_image(), False, int(i)
+        return self.transform(img), True, int(i)
+
+    def failure_reason(self, i: int) -> str | None:
+        """Why image i cannot be read, or None when it can."""
+        try:
+            load_rgb(self.index.abspath(i), min_side=self._min_side)
+        except DecodeError as exc:
+            return exc.reason
+        return None
+
+    def _zero_image(self) -> torch.Tensor:
+        if self._zero is None:
+            side = self._min_side or 256
+            self._zero = torch.zeros_like(self.transform(Image.new("RGB", (side, side))))
+        return self._zero

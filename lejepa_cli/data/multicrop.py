@@ -1,0 +1,301 @@
+"""The multi-crop views of the LeJEPA recipe, cut fast on the CPU as uint8 tensors.
+
+Per view, in the recipe's order: RandomResizedCrop, horizontal flip, colour jitter (brightness,
+contrast, saturation, hue in a random order), grayscale, Gaussian blur, solarize. Probabilities and
+parameter ranges are those of torchvision's transforms; the work is done differently for speed:
+
+- crop and resize are one Pillow `resize(box=...)` call on the decoded image (antialiased
+  bilinear, like torchvision's);
+- brightness, contrast, saturation and hue are one colour-matrix pass each (Pillow's
+  `convert("RGB", matrix)`, 3x3 plus offset), clamped to 0-255 after every step as torchvision
+  does; solarize is a lookup table;
+- hue is a rotation by `hue_factor * 360` degrees about the grey axis instead of torchvision's
+  RGB -> HSV -> RGB round trip: the same angle range, exact for multiples of 120 degrees, greys
+  stay grey and the channel mean is kept, but strongly saturated colours can clip where HSV
+  would not;
+- blur is Pillow's GaussianBlur (three box passes approximating a Gaussian of the same sigma)
+  instead of a 23-tap convolution;
+- normalisation is left out: `normalize` runs once on the batched uint8 tensor, on the GPU when
+  there is one, which also makes the worker-to-trainer transfer 4x smaller.
+
+All randomness comes from the `numpy.random.Generator` passed in, so a sample's views are a pure
+function of (image, generator state).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+
+from lejepa_cli.errors import UsageError
+
+_BILINEAR = Image.Resampling.BILINEAR
+_FLIP = Image.Transpose.FLIP_LEFT_RIGHT
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's rgb_to_grayscale
+
+
+@dataclass(frozen=True)
+class MultiCropConfig:
+    """The views cut from each training image. Defaults are the reference LeJEPA recipe."""
+
+    global_views: int = 2
+    local_views: int = 6
+    global_size: int = 224  # pixels, square
+    local_size: int = 96  # pixels, square
+    global_scale: tuple[float, float] = (0.3, 1.0)  # fraction of the image area
+    local_scale: tuple[float, float] = (0.05, 0.3)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio range (w / h)
+    hflip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1  # fraction of a full turn, drawn from [-h, h]
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels of the output view
+    solarize_p: float = 0.2
+    solarize_threshold: int = 128  # values >= threshold are inverted
+
+    def __post_init__(self):
+        for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
+            value = getattr(self, name)
+            if not isinstance(value, Sequence) or len(value) != 2:
+                raise UsageError(f"{name} must be two numbers (low, high), got {value!r}")
+            object.__setattr__(self, name, (float(value[0]), float(value[1])))
+        problems = []
+        if self.global_views < 1:
+            problems.append(f"global_views must be at least 1, got {self.global_views}")
+        if self.local_views < 0:
+            problems.append(f"local_views must be 0 or more, got {self.local_views}")
+        for name in ("global_size", "local_size"):
+            if getattr(self, name) < 8:
+                problems.append(f"{name} must be at least 8 pixels, got {getattr(self, name)}")
+        for name in ("global_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                problems.append(f"{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            problems.append(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            problems.append(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+        for f in fields(self):
+            if f.name.endswith("_p") and not 0 <= getattr(self, f.name) <= 1:
+                problems.append(f"{f.name} is a probability in [0, 1], got {getattr(self, f.name)}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0 <= getattr(self, name) <= 1:
+                problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.hue <= 0.5:
+            problems.append(f"hue must be in [0, 0.5], got {self.hue}")
+        if not 0 <= self.solarize_threshold <= 256:
+            problems.append(
+                f"solarize_threshold must be in [0, 256], got {self.solarize_threshold}"
+            )
+        if problems:
+            raise UsageError("invalid multi-crop settings: " + "; ".join(problems))
+
+
+class MultiCrop:
+    """`(PIL RGB image, numpy Generator) -> {"global_crops": (Vg,3,G,G), "local_crops": (Vl,3,L,L)}`.
+
+    Both tensors are uint8; see `normalize` for the float conversion on the batch.
+    """
+
+    def __init__(self, config: MultiCropConfig | None = None):
+        self.config = config or MultiCropConfig()
+        c = self.config
+        self._log_ratio = (math.log(c.ratio[0]), math.log(c.ratio[1]))
+        v = np.arange(256)
+        solarized = np.where(v >= c.solarize_threshold, 255 - v, v)
+        self._solarize_lut = solarized.astype(np.uint8).tolist() * 3
+
+    @property
+    def min_source_side(self) -> int:
+        """Shorter image side below which the smallest crop of either kind gets upsampled.
+
+        Decoding may shrink a larger image down to this without losing any output detail.
+        """
+        c = self.config
+        need = [c.global_size * math.sqrt(c.ratio[1] / c.global_scale[0])]
+        if c.local_views:
+            need.append(c.local_size * math.sqrt(c.ratio[1] / c.local_scale[0]))
+        return math.ceil(max(need))
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        c = self.config
+        if img.mode != "RGB":
+            raise ValueError(f"MultiCrop expects an RGB image, got mode {img.mode}")
+        global_crops = [
+            self._view(img, c.global_size, c.global_scale, rng) for _ in range(c.global_views)
+        ]
+        local_crops = [
+            self._view(img, c.local_size, c.local_scale, rng) for _ in range(c.local_views)
+        ]
+        return {
+            "global_crops": _to_tensor(global_crops, c.global_size),  # (Vg, 3, G, G)
+            "local_crops": _to_tensor(local_crops, c.local_size),  # (Vl, 3, L, L)
+        }
+
+    def _view(
+        self, img: Image.Image, size: int, scale: tuple[float, float], rng: np.random.Generator
+    ) -> np.ndarray:
+        c = self.config
+        left, top, w, h = _crop_box(img.size, scale, self._log_ratio, c.ratio, rng)
+        view = img.resize((size, size), _BILINEAR, box=(left, top, left + w, top + h))
+        if rng.random() < c.hflip_p:
+            view = view.transpose(_FLIP)
+        if rng.random() < c.jitter_p:
+            view = self._jitter(view, rng)
+        if rng.random() < c.grayscale_p:
+            view = view.convert("L").convert("RGB")
+        if rng.random() < c.blur_p:
+            view = view.filter(ImageFilter.GaussianBlur(rng.uniform(*c.blur_sigma)))
+        if rng.random() < c.solarize_p:
+            view = view.point(self._solarize_lut)
+        return np.asarray(view)  # (size, size, 3) uint8
+
+    def _jitter(self, view: Image.Image, rng: np.random.Generator) -> Image.Image:
+        """torchvision's ColorJitter: factors drawn, then applied in a random order."""
+        c = self.config
+        order = rng.permutation(4)
+        b = rng.uniform(1 - c.brightness, 1 + c.brightness)
+        k = rng.uniform(1 - c.contrast, 1 + c.contrast)
+        s = rng.uniform(1 - c.saturation, 1 + c.saturation)
+        h = rng.uniform(-c.hue, c.hue)
+        for op in order:
+            if op == 0 and c.brightness:
+                view = view.convert("RGB", _gain_matrix(b, 0.0))
+            elif op == 1 and c.contrast:
+                mean = float(np.asarray(view.convert("L")).mean())
+                view = view.convert("RGB", _gain_matrix(k, (1 - k) * mean))
+            elif op == 2 and c.saturation:
+                view = view.convert("RGB", _saturation_matrix(s))
+            elif op == 3 and c.hue:
+                view = view.convert("RGB", _hue_matrix(h))
+        return view
+
+
+def _crop_box(
+    size: tuple[int, int],
+    scale: tuple[float, float],
+    log_ratio: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params: (left, top, width, height)."""
+    width, height = size
+    area = width * height
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, w, h
+    # Fallback: the largest central crop within the ratio range.
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        w, h = int(round(height * ratio[1])), height
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+def _gain_matrix(gain: float, offset: float) -> tuple[float, ...]:
+    """v -> gain * v + offset on every channel, as Pillow's 12-number colour matrix."""
+    return (gain, 0.0, 0.0, offset, 0.0, gain, 0.0, offset, 0.0, 0.0, gain, offset)
+
+
+def _saturation_matrix(s: float) -> tuple[float, ...]:
+    """Blend with the grey image: s * rgb + (1 - s) * luma, as Pillow's 12-number matrix."""
+    rows = []
+    for i in range(3):
+        rows += [(1 - s) * _LUMA[j] + (s if i == j else 0.0) for j in range(3)] + [0.0]
+    return tuple(rows)
+
+
+def _hue_matrix(hue_factor: float) -> tuple[float, ...]:
+    """Rotation by hue_factor * 360 degrees about the grey axis (red -> yellow -> green)."""
+    theta = 2 * math.pi * hue_factor
+    cos, k = math.cos(theta), (1 - math.cos(theta)) / 3
+    q = math.sin(theta) / math.sqrt(3)
+    return (
+        *(cos + k, k - q, k + q, 0.0),
+        *(k + q, cos + k, k - q, 0.0),
+        *(k - q, k + q, cos + k, 0.0),
+    )
+
+
+def _to_tensor(views: list[np.ndarray], size: int) -> torch.Tensor:
+    if not views:
+        return torch.empty((0, 3, size, size), dtype=torch.uint8)
+    stacked = np.stack(views)  # (V, S, S, 3)
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()  # (V, 3, S, S)
+
+
+def normalize(
+    x: torch.Tensor,
+    mean: Sequence[float] | torch.Tensor,
+    std: Sequence[float] | torch.Tensor,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) in 0-255 -> (x / 255 - mean) / std, on x's device.
+
+    Meant for the whole batch at once in the training step (after moving it to the GPU).
+    """
+    scale = torch.as_tensor(mean, dtype=dtype, device=x.device).view(-1, 1, 1) * 255.0
+    spread = torch.as_tensor(std, dtype=dtype, device=x.device).view(-1, 1, 1) * 255.0
+    return x.to(dtype).sub_(scale).div_(spread)
+
+
+class EvalTransform:
+    """Deterministic view for embedding and probing: resize the shorter side, crop the centre.
+
+    The shorter side is resized to size / crop_pct (timm's convention: crop_pct=0.875 keeps the
+    central 87.5%), then the central size x size square is kept. Returns uint8 (3, size, size).
+    """
+
+    def __init__(self, size: int, crop_pct: float = 1.0):
+        if size < 8 or not 0 < crop_pct <= 1:
+            raise UsageError(
+                f"eval view needs size >= 8 and 0 < crop_pct <= 1, got {size}, {crop_pct}"
+            )
+        self.size = size
+        self.crop_pct = crop_pct
+        self.min_source_side = math.ceil(size / crop_pct)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        w, h = img.size
+        short = self.min_source_side
+        # The centred box in source pixels that maps onto the output square.
+        side = min(w, h) * self.size / short
+        left, top = (w - side) / 2, (h - side) / 2
+        out = img.resize(
+            (self.size, self.size), _BILINEAR, box=(left, top, left + side, top + side)
+        )
+        return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()  # (3, S, S)
+
+
+def suggest_crop_sizes(typical_side: int) -> tuple[int, int]:
+    """Global and local crop sizes for images whose shorter side is typically `typical_side`.
+
+    Photos (>= 224 px) get the recipe's 224 / 96. Smaller images are not upsampled: the global
+    size is the largest multiple of 16 that fits (at least 32, so tiny images are upsampled only
+    to there), and the local size keeps the recipe's 96/224 proportion, rounded to a multiple of
+    16 (at least 16). Multiples of 16 keep both sizes divisible by a ViT's 16-pixel patches and by
+    a ResNet's stride where possible: 69 px -> 64 / 32, 300 px -> 224 / 96, 28 px -> 32 / 16.
+    """
+    global_size = max(32, min(224, int(typical_side) // 16 * 16))
+    local_size = max(16, int(round(global_size * 96 / 224 / 16)) * 16)
+    return global_size, local_size
