@@ -1,5 +1,6 @@
 """The `lejepa` command line: one module per command, all registered on one Typer app."""
 
+from lejepa_cli.cli import inspect as _inspect  # noqa: F401  (registers the command)
 from lejepa_cli.cli import pretrain as _pretrain  # noqa: F401  (registers the command)
 from lejepa_cli.cli.base import app, main
 

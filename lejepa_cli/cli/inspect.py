@@ -1,0 +1,144 @@
+"""`lejepa inspect PATH...`: say what an image folder, a run, a checkpoint or an export holds.
+
+Image folders are described here; runs, checkpoints and exports go to
+`lejepa_cli.inspect_artifacts`. Heavy modules are imported inside the function so `lejepa --help`
+stays free of torch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from lejepa_cli.cli.base import app
+from lejepa_cli.errors import UsageError
+
+_SHOWN_BAD_FILES = 100  # the rest are in --json
+
+
+def _kind_of(path: Path) -> str:
+    """'folder' | 'run' | 'export' | 'checkpoint' for an existing path; UsageError otherwise."""
+    if not path.exists():
+        raise UsageError(f"no such file or folder: {path}")
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return "checkpoint"
+        raise UsageError(
+            f"{path} is a file; inspect takes an image folder, a run directory, an exported "
+            "model directory or a checkpoint (.safetensors or a checkpoint folder)"
+        )
+    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+        return "run"
+    if (path / "model.safetensors").is_file():
+        if (path / "config.json").is_file():
+            return "export"
+        if (path / "meta.json").is_file():
+            return "checkpoint"
+    return "folder"
+
+
+@app.command("inspect", no_args_is_help=True)
+def inspect_command(
+    paths: list[Path] = typer.Argument(
+        ..., help="Image folders, or run directories, checkpoints and exports (one or more)."
+    ),
+    json_out: bool = typer.Option(
+        False, "--json", help="Print machine-readable JSON instead of tables."
+    ),
+    sample: int = typer.Option(
+        2000, "--sample", min=1, help="Images to open per folder (a seeded random sample)."
+    ),
+) -> None:
+    """Describe image folders (counts, sizes, channels, bad files, crop sizes, mean/std),
+    or runs, checkpoints and exports (config, progress, ranking, metadata)."""
+    kinds = [_kind_of(p) for p in paths]
+    folders = [p for p, k in zip(paths, kinds, strict=True) if k == "folder"]
+    artifacts = [p for p, k in zip(paths, kinds, strict=True) if k != "folder"]
+    if folders and artifacts:
+        raise UsageError(
+            "inspect image folders and runs/checkpoints/exports in separate calls "
+            f"(got folders {', '.join(map(str, folders))} and {', '.join(map(str, artifacts))})"
+        )
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if artifacts:
+        from lejepa_cli.inspect_artifacts import inspect_paths
+
+        inspect_paths(artifacts, json_out, console)
+        return
+
+    from lejepa_cli.data.folder_stats import inspect_folder
+
+    reports = [inspect_folder(p, sample_size=sample) for p in folders]
+    if json_out:
+        data = [r.to_dict() for r in reports]
+        typer.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        return
+    for report in reports:
+        _render_folder(report, console)
+
+
+def _render_folder(report, console) -> None:
+    """Tables for one FolderReport; the bad-file list is plain lines, one per file."""
+    from rich.table import Table
+
+    r = report
+    extensions = ", ".join(f"{ext} {n:,}" for ext, n in r.counts_by_extension.items())
+    folders = ", ".join(f"{name} {n:,}" for name, n in r.top_folders.items())
+    read = (
+        f"a random sample of {r.read_count:,} of {r.image_count:,} (--sample to change)"
+        if r.sampled
+        else f"all {r.read_count:,}"
+    )
+    overview = Table(title=f"Image folder {r.root}", show_header=False, title_justify="left")
+    overview.add_column(style="bold")
+    overview.add_column()
+    overview.add_row("images", f"{r.image_count:,} in {r.folder_count:,} folder(s)")
+    overview.add_row("extensions", extensions)
+    overview.add_row("top folders", folders)
+    overview.add_row("read", f"{read}; {r.readable_count:,} readable, {len(r.unreadable):,} not")
+    if r.width:
+        overview.add_row(
+            "width px", f"min {r.width['min']}, median {r.width['median']:g}, max {r.width['max']}"
+        )
+        overview.add_row(
+            "height px",
+            f"min {r.height['min']}, median {r.height['median']:g}, max {r.height['max']}",
+        )
+    overview.add_row("modes", ", ".join(f"{m} {n:,}" for m, n in r.modes.items()))
+    overview.add_row("channels", ", ".join(f"{c} {n:,}" for c, n in r.channels.items()))
+    overview.add_row("formats", ", ".join(f"{f} {n:,}" for f, n in r.formats.items()))
+    if r.mean is not None:
+        overview.add_row("mean (RGB, 0-1)", ", ".join(f"{x:.3f}" for x in r.mean))
+        overview.add_row("std (RGB, 0-1)", ", ".join(f"{x:.3f}" for x in r.std))
+    if r.suggested_global_size is not None:
+        overview.add_row(
+            "suggested crops",
+            f"--global-size {r.suggested_global_size} --local-size {r.suggested_local_size} "
+            f"(typical shorter side {r.typical_side} px)",
+        )
+    console.print(overview)
+
+    sides = Table(title="Shorter side (images read)", title_justify="left")
+    for label in r.short_side_histogram:
+        sides.add_column(label, justify="right")
+    sides.add_row(*(f"{n:,}" for n in r.short_side_histogram.values()))
+    console.print(sides)
+
+    for folder in r.skipped_dirs:
+        console.print(f"[yellow]folder not listed (permission denied?):[/yellow] {folder}")
+    if r.unreadable:
+        scope = " in the sample" if r.sampled else ""
+        console.print(f"[bold red]{len(r.unreadable):,} unreadable file(s){scope}[/bold red]")
+        for path, reason in r.unreadable[:_SHOWN_BAD_FILES]:
+            console.print(f"  {path}: {reason}", markup=False, soft_wrap=True)
+        if len(r.unreadable) > _SHOWN_BAD_FILES:
+            console.print(f"  ... and {len(r.unreadable) - _SHOWN_BAD_FILES:,} more (see --json)")
+        console.print(
+            "These files are skipped during training and listed in the run's skipped.txt."
+        )
+    else:
+        console.print("[green]no unreadable files[/green]")
