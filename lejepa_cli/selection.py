@@ -260,9 +260,8 @@ def probe_checkpoint(model, cfg, spec, device: torch.device) -> dict[str, Any]:
     from lejepa_cli.probe import probe_backbone_on_csv
 
     was_training = model.training
-    try:
-        with torch.no_grad():
-            return probe_backbone_on_csv(model.backbone, spec, Path(cfg.labels), device=device)
+    try:  # the probe trains its heads: no torch.no_grad() around it
+        return probe_backbone_on_csv(model.backbone, spec, Path(cfg.labels), device=device)
     finally:
         model.train(was_training)
 
@@ -389,7 +388,7 @@ def recommend(ranked: list[dict[str, Any]]) -> dict[str, Any]:
         if e["score_source"] == "heldout":
             reason = (
                 f"lowest held-out score loss/lam^{ALPHA} = {e['score']:.4g} "
-                f"(loss {e['loss']:.4g}) among {_count(ranked, 'heldout')} scored checkpoints"
+                f"(loss {_fmt(e.get('loss'))}) among {_count(ranked, 'heldout')} scored checkpoints"
             )
             if e.get("collapsed"):
                 reason += "; WARNING: every scored checkpoint shows collapse"
@@ -591,6 +590,43 @@ def _record(run_dir: Path, ckpt_dir: Path, record: dict[str, Any]) -> None:
     if ckpt_dir.is_dir():
         ckpt_io.write_json_atomic(ckpt_dir / HELDOUT_FILE, record)
     _append_history(run_dir, record)
+
+
+def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = True) -> list[dict]:
+    """Score every checkpoint on disk of an existing run, as training would have, and rewrite
+    its report (for a run copied from elsewhere, or scored again after its images moved).
+
+    Reads the run's config.yaml; the images are those of its `data` folder, held out as in
+    training. Returns the records, oldest checkpoint first.
+    """
+    from lejepa_cli import config
+    from lejepa_cli.data.scan import scan_folder
+    from lejepa_cli.errors import RunDirError
+    from lejepa_cli.model import LeJEPAModel, build_backbone, data_spec
+
+    run_dir = Path(run_dir)
+    cfg = config.read_saved(run_dir / "config.yaml")
+    if config.AUTO in (cfg.global_size, cfg.local_size):
+        raise RunDirError(
+            f"{run_dir}/config.yaml has unresolved crop sizes (auto); score a run written by "
+            "`lejepa pretrain`, which records the sizes it used"
+        )
+    index = scan_folder(cfg.data)
+    count = config.resolve_holdout(cfg, len(index)) if cfg.holdout == config.AUTO else cfg.holdout
+    cfg = cfg.replace(holdout=int(count))
+    _, holdout = split_holdout(index, int(count))
+    device = torch.device(device)
+    backbone = build_backbone(cfg.arch, int(cfg.global_size))
+    model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
+    spec = data_spec(backbone, int(cfg.global_size))
+    records = []
+    for ckpt in ckpt_io.list_checkpoints(run_dir):
+        model.load_state_dict(ckpt_io.load_weights(ckpt), strict=True)
+        model.train()
+        records.append(
+            after_checkpoint(run_dir, ckpt, model, holdout, cfg, spec, device, strict=strict)
+        )
+    return records
 
 
 def write_report(run_dir: Path) -> tuple[Path, Path]:
