@@ -1,0 +1,567 @@
+"""Shared pieces of the examples: running the `lejepa` CLI step by step, the supervised reference
+and the results table.
+
+The examples drive the product the way a user does, through its command line; nothing here imports
+the engine's training, probing or export code. The supervised reference is plain torch + timm.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# ----------------------------------------------------------------------------- the CLI, step by step
+
+
+def lejepa_command() -> list[str]:
+    """The `lejepa` entry point of the running Python's environment (so .venv/bin/python finds
+    .venv/bin/lejepa even when .venv is not activated)."""
+    script = Path(sys.executable).parent / "lejepa"
+    if script.is_file():
+        return [str(script)]
+    return [sys.executable, "-m", "lejepa_cli"]
+
+
+def run(cmd: list[str], *, env: dict[str, str] | None = None) -> None:
+    """Echo a command as a user would type it, run it, stop the example if it fails."""
+    shown = " ".join(shlex.quote(c) for c in cmd)
+    shown = shown.replace(" ".join(lejepa_command()), "lejepa", 1)
+    print(f"\n$ {shown}", flush=True)
+    started = time.time()
+    result = subprocess.run(cmd, env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        sys.exit(f"command failed with exit code {result.returncode}: {shown}")
+    print(f"  ({time.time() - started:.0f}s)", flush=True)
+
+
+def lejepa(*args: str | Path) -> None:
+    run([*lejepa_command(), *(str(a) for a in args)])
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_state(run_dir: Path) -> str:
+    """'missing', 'partial' (has a checkpoint to resume), 'finished' or 'broken' (no checkpoint)."""
+    if not (run_dir / "config.yaml").is_file():
+        return "missing" if not run_dir.exists() or not any(run_dir.iterdir()) else "broken"
+    cfg = read_yaml(run_dir / "config.yaml")
+    last = run_dir / "checkpoints" / "last.json"
+    if not last.is_file():
+        return "broken"
+    epochs = int(cfg["epochs"])
+    steps = read_metrics(run_dir)
+    # The run writes one metrics line per step; the last one tells how far it got.
+    if steps and int(steps[-1].get("epoch", 0)) >= epochs and (run_dir / "report.json").is_file():
+        name = json.loads(last.read_text()).get("name", "")
+        if name == f"epoch-{epochs:04d}":
+            return "finished"
+    return "partial"
+
+
+def pretrain_once(data: Path, run_dir: Path, flags: list[str]) -> None:
+    """Start the run, continue it when it was interrupted, skip it when it has finished."""
+    state = run_state(run_dir)
+    if state == "finished":
+        print(f"\npretraining already finished in {run_dir}: skipped")
+        return
+    if state == "partial":
+        lejepa("pretrain", "--resume", "--out", run_dir)
+        return
+    extra = ["--overwrite"] if state == "broken" else []
+    lejepa("pretrain", data, "--out", run_dir, *flags, *extra)
+
+
+def pretrain_seconds(run_dir: Path) -> float:
+    """Training time of a run: the clock of its last metrics line (restarts add their own)."""
+    rows = read_metrics(run_dir)
+    total, previous = 0.0, 0.0
+    for row in rows:
+        t = float(row.get("time", 0.0))
+        if t < previous:  # a resumed process restarts its clock
+            total += previous
+        previous = t
+    return total + previous
+
+
+# ----------------------------------------------------------------------------- the supervised reference
+
+
+def read_labels(csv_path: Path) -> tuple[list[Path], list[str]]:
+    """(absolute paths, labels) of a path,label CSV whose paths are relative to the CSV."""
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "path" not in rows[0] or "label" not in rows[0]:
+        sys.exit(f"{csv_path} needs a header with columns path,label")
+    base = csv_path.resolve().parent
+    return [base / r["path"] for r in rows], [r["label"] for r in rows]
+
+
+def classification_metrics(y_true, y_pred, num_classes: int) -> dict[str, Any]:
+    """Top-1, balanced accuracy (mean recall over the classes present), macro-F1 (over classes
+    that are true or predicted), per-class accuracy and the confusion matrix."""
+    import numpy as np
+
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    support = confusion.sum(1)
+    predicted = confusion.sum(0)
+    tp = np.diag(confusion)
+    present = support > 0
+    recall = np.where(present, tp / np.maximum(support, 1), np.nan)
+    precision = tp / np.maximum(predicted, 1)
+    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    used = present | (predicted > 0)
+    return {
+        "top1": float((y_true == y_pred).mean()),
+        "balanced_accuracy": float(np.nanmean(recall[present])),
+        "macro_f1": float(f1[used].mean()),
+        "per_class_accuracy": [None if np.isnan(r) else float(r) for r in recall],
+        "confusion": confusion.tolist(),
+    }
+
+
+def train_supervised(
+    train_csv: Path,
+    test_csv: Path,
+    arch: str,
+    size: int,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    scale: tuple[float, float] = (0.3, 1.0),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train `arch` from scratch with labels on train_csv, evaluate on test_csv.
+
+    Training views: RandomResizedCrop(size, scale) + horizontal flip, the geometric part of the
+    LeJEPA global views; evaluation: timm's eval transform for the model (resize, centre crop
+    with its crop_pct, normalise), the transform the frozen probe uses. AdamW with no decay on
+    biases and norms, one epoch of linear warmup, then cosine to zero; plain cross-entropy, as
+    the probe's linear head.
+    """
+    import numpy as np
+    import timm
+    import torch
+    import torch.nn.functional as F
+    from timm.data import create_transform, resolve_data_config
+    from torchvision.transforms import v2
+
+    from lejepa_cli.data.decode import load_rgb
+
+    torch.manual_seed(seed)
+    train_paths, train_labels = read_labels(train_csv)
+    test_paths, test_labels = read_labels(test_csv)
+    classes = sorted(set(train_labels))
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(test_labels) - set(classes))
+    if unknown:
+        sys.exit(f"{test_csv} has labels missing from {train_csv}: {', '.join(unknown)}")
+    model = timm.create_model(arch, pretrained=False, num_classes=len(classes))
+    data_cfg = resolve_data_config({"input_size": (3, size, size)}, model=model)
+    eval_tf = create_transform(**data_cfg)
+    mean = torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(data_cfg["std"]).view(1, 3, 1, 1)
+
+    # Training images are decoded once and kept at twice the crop size: the smallest crop
+    # (sqrt(0.3) of the side) is still downsampled to `size`, so nothing is lost.
+    keep_side = 2 * size
+    train_images = []
+    for p in train_paths:
+        img = load_rgb(p)
+        if min(img.size) > keep_side:
+            w, h = img.size
+            r = keep_side / min(w, h)
+            img = img.resize((max(1, round(w * r)), max(1, round(h * r))), resample=2)
+        train_images.append(v2.functional.pil_to_tensor(img))  # (3, H, W) uint8
+    y_train = torch.tensor([index[c] for c in train_labels])
+    x_test = torch.stack([eval_tf(load_rgb(p)) for p in test_paths])  # (M, 3, S, S)
+    y_test = np.array([index[c] for c in test_labels])
+    augment = v2.Compose(
+        [v2.RandomResizedCrop(size, scale=scale, antialias=True), v2.RandomHorizontalFlip()]
+    )
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
+        lr=lr,
+    )
+    n = len(train_images)
+    steps_per_epoch = max(1, n // batch_size)
+    total = steps_per_epoch * epochs
+    warmup = steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    gen = torch.Generator().manual_seed(seed)
+    started = time.time()
+    step = 0
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            x = torch.stack([augment(train_images[i]) for i in idx.tolist()])  # (B, 3, S, S)
+            x = (x.float() / 255 - mean) / std
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step)
+            loss = F.cross_entropy(model(x), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+        print(
+            f"  supervised epoch {epoch + 1}/{epochs} loss {np.mean(losses):.4f} "
+            f"({time.time() - started:.0f}s)",
+            flush=True,
+        )
+    seconds = time.time() - started
+    model.eval()
+    with torch.no_grad():
+        pred = torch.cat([model(x_test[i : i + 256]).argmax(1) for i in range(0, len(x_test), 256)])
+    metrics = classification_metrics(y_test, pred.numpy(), len(classes))
+    return {
+        "arch": arch,
+        "size": size,
+        "epochs": epochs,
+        "steps": total,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "seed": seed,
+        "num_train": n,
+        "num_test": len(test_paths),
+        "images_seen": total * batch_size,
+        "seconds": round(seconds, 1),
+        "classes": classes,
+        "test": metrics,
+        "hardware": hardware(),
+    }
+
+
+def matched_epochs(run_dir: Path, num_train: int, budget: str) -> tuple[int, dict[str, Any]]:
+    """Supervised epochs for the same budget as a pretraining run.
+
+    images: as many training images as pretraining processed (each LeJEPA image brings
+    Vg global + Vl local views, the supervised image one view at the global size);
+    compute: as many backbone pixels, forward and backward, as pretraining processed
+    (Vg * G^2 + Vl * L^2 per pretraining image, G^2 per supervised image), which is the
+    FLOP budget for a convolutional network.
+    """
+    cfg = read_yaml(run_dir / "config.yaml")
+    rows = read_metrics(run_dir)
+    if not rows:
+        sys.exit(f"{run_dir} has no metrics.jsonl yet: pretrain first")
+    images = int(rows[-1]["step"]) * int(cfg["batch_size"])
+    g, loc = int(cfg["global_size"]), int(cfg["local_size"])
+    pixels = int(cfg["global_views"]) * g * g + int(cfg["local_views"]) * loc * loc
+    factor = pixels / (g * g) if budget == "compute" else 1.0
+    epochs = max(1, round(images * factor / num_train))
+    return epochs, {
+        "budget": budget,
+        "pretrain_images": images,
+        "views_pixel_factor": round(pixels / (g * g), 3),
+        "pretrain_seconds": round(pretrain_seconds(run_dir), 1),
+    }
+
+
+def supervised_main(default_train: Path, default_test: Path, default_out: Path) -> None:
+    """The command line of each example's supervised.py."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Supervised reference: the same architecture trained from scratch on the "
+        "labelled training split, evaluated on the test split."
+    )
+    parser.add_argument("--train", type=Path, default=default_train)
+    parser.add_argument("--test", type=Path, default=default_test)
+    parser.add_argument("--match-run", type=Path, help="take arch, size and budget from a run")
+    parser.add_argument(
+        "--budget",
+        choices=("images", "compute"),
+        default="images",
+        help="with --match-run: same images processed, or same backbone pixels (FLOPs)",
+    )
+    parser.add_argument("--arch", default=None)
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=default_out, help="result JSON")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    budget: dict[str, Any] = {"budget": "epochs"}
+    arch, size, epochs = args.arch, args.size, args.epochs
+    if args.match_run is not None:
+        cfg = read_yaml(args.match_run / "config.yaml")
+        arch = arch or cfg["arch"]
+        size = size or int(cfg["global_size"])
+        n_train = len(read_labels(args.train)[0])
+        if epochs is None:
+            epochs, budget = matched_epochs(args.match_run, n_train, args.budget)
+    if not (arch and size and epochs):
+        sys.exit("give --match-run RUN, or all of --arch, --size and --epochs")
+    print(f"supervised {arch} at {size}px from scratch, {epochs} epochs ({budget['budget']})")
+    result = train_supervised(
+        args.train,
+        args.test,
+        arch,
+        size,
+        epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+    )
+    result["budget"] = budget
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    t = result["test"]
+    print(
+        f"test: top-1 {t['top1']:.4f}  balanced accuracy {t['balanced_accuracy']:.4f}  "
+        f"macro-F1 {t['macro_f1']:.4f}  ({result['seconds']:.0f}s)  -> {args.out}"
+    )
+
+
+# ----------------------------------------------------------------------------- the results table
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU ({platform.machine()}, {cores} cores, {torch.get_num_threads()} torch threads)"
+
+
+def _probe_rows(probe: dict[str, Any]) -> list[dict[str, Any]]:
+    return probe.get("rows", [])
+
+
+def probe_metric(
+    probe: dict[str, Any], model: str, shots: str | int, metric: str, head: str = "linear"
+) -> dict[str, Any] | None:
+    """{'mean', 'std', 'values'} of one row of probe.json, or None."""
+    for row in _probe_rows(probe):
+        if row["model"] == model and row["head"] == head and str(row["shots"]) == str(shots):
+            return row[metric]
+    return None
+
+
+def _pct(m: dict[str, Any] | None) -> str:
+    if m is None:
+        return "-"
+    if len(m.get("values", [])) > 1:
+        return f"{100 * m['mean']:.1f} ± {100 * m['std']:.1f}"
+    return f"{100 * m['mean']:.1f}"
+
+
+def results_table(probe: dict[str, Any], supervised: dict[str, Any] | None) -> str:
+    """Markdown: random init and LeJEPA (frozen linear probe), supervised from scratch."""
+    header = (
+        "| model | training of the backbone | balanced acc. (all labels) | top-1 (all) | "
+        "macro-F1 (all) | balanced acc. 10-shot | balanced acc. 1-shot |"
+    )
+    lines = [header, "|" + "---|" * 7]
+    for model, name, how in (
+        ("random", "random init", "none (frozen, linear probe)"),
+        ("checkpoint", "LeJEPA", "self-supervised (frozen, linear probe)"),
+    ):
+        lines.append(
+            f"| {name} | {how} | {_pct(probe_metric(probe, model, 'all', 'balanced_accuracy'))} | "
+            f"{_pct(probe_metric(probe, model, 'all', 'top1'))} | "
+            f"{_pct(probe_metric(probe, model, 'all', 'macro_f1'))} | "
+            f"{_pct(probe_metric(probe, model, 10, 'balanced_accuracy'))} | "
+            f"{_pct(probe_metric(probe, model, 1, 'balanced_accuracy'))} |"
+        )
+    if supervised is not None:
+        t = supervised["test"]
+        lines.append(
+            f"| supervised | from scratch, labels, {supervised['epochs']} epochs | "
+            f"{100 * t['balanced_accuracy']:.1f} | {100 * t['top1']:.1f} | "
+            f"{100 * t['macro_f1']:.1f} | - | - |"
+        )
+    return "\n".join(lines)
+
+
+def headline(probe: dict[str, Any], supervised: dict[str, Any] | None) -> dict[str, float | None]:
+    """The three balanced accuracies (all labels) and the two comparisons asked of the example."""
+    rand = probe_metric(probe, "random", "all", "balanced_accuracy")
+    lej = probe_metric(probe, "checkpoint", "all", "balanced_accuracy")
+    sup = supervised["test"]["balanced_accuracy"] if supervised else None
+    out: dict[str, float | None] = {
+        "random_init": rand["mean"] if rand else None,
+        "lejepa": lej["mean"] if lej else None,
+        "supervised": sup,
+    }
+    out["lejepa_minus_random_points"] = (
+        100 * (out["lejepa"] - out["random_init"]) if rand and lej else None
+    )
+    out["lejepa_share_of_supervised"] = out["lejepa"] / sup if lej and sup else None
+    return out
+
+
+def budget_lines(run_dir: Path, supervised: dict[str, Any] | None) -> list[str]:
+    cfg = read_yaml(run_dir / "config.yaml")
+    rows = read_metrics(run_dir)
+    steps = int(rows[-1]["step"]) if rows else 0
+    epochs = int(rows[-1]["epoch"]) if rows else 0
+    lines = [
+        f"hardware: {hardware()}",
+        f"pretraining: {cfg['arch']}, {epochs} epochs, {steps} steps of {cfg['batch_size']} "
+        f"images, {cfg['global_views']}x{cfg['global_size']}px + "
+        f"{cfg['local_views']}x{cfg['local_size']}px views, lr {cfg['lr']}, lambda {cfg['lam']}, "
+        f"{pretrain_seconds(run_dir) / 60:.1f} min",
+    ]
+    if supervised is not None:
+        b = supervised.get("budget", {})
+        what = {
+            "images": "as many images as pretraining processed",
+            "compute": "as many backbone pixels (FLOPs) as pretraining",
+        }.get(b.get("budget"), "fixed epochs")
+        lines.append(
+            f"supervised: {supervised['arch']} at {supervised['size']}px, "
+            f"{supervised['epochs']} epochs ({supervised['images_seen']} images, {what}), "
+            f"{supervised['seconds'] / 60:.1f} min"
+        )
+    return lines
+
+
+# ----------------------------------------------------------------------------- the whole example
+
+
+def pipeline(
+    *,
+    name: str,
+    data: Path,
+    run_dir: Path,
+    pretrain_flags: list[str],
+    probe_seeds: int,
+    supervised_script: Path | None,
+    supervised_budget: str = "images",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """pretrain -> probe against random init -> export -> inspect -> supervised -> table.
+
+    Every step is skipped when its output is already there, so re-running only does what is
+    missing (an interrupted pretraining is resumed).
+    """
+    train_csv, test_csv = data / "train.csv", data / "test.csv"
+    pretrain_once(data / "images" / "train", run_dir, pretrain_flags)
+
+    probe_dir = run_dir / "probe"
+    probe_json = probe_dir / "probe.json"
+    if probe_json.is_file():
+        print(f"\nprobe already done: {probe_json}")
+    else:
+        lejepa(
+            "probe", run_dir,
+            "--labels", train_csv,
+            "--val", test_csv,
+            "--shots", "1,10,all",
+            "--seeds", str(probe_seeds),
+            "--baseline", "random",
+            "--out", probe_dir,
+        )  # fmt: skip
+    export_dir = run_dir.with_name(run_dir.name + "-encoder")
+    if (export_dir / "model.safetensors").is_file():
+        print(f"\nencoder already exported: {export_dir}")
+    else:
+        lejepa("export", run_dir, "--out", export_dir)
+    lejepa("inspect", run_dir)
+
+    supervised = None
+    sup_json = run_dir.with_name(run_dir.name + "-supervised.json")
+    if supervised_script is not None:
+        if sup_json.is_file():
+            print(f"\nsupervised reference already trained: {sup_json}")
+        else:
+            cmd = [
+                sys.executable, str(supervised_script),
+                "--train", str(train_csv),
+                "--test", str(test_csv),
+                "--match-run", str(run_dir),
+                "--budget", supervised_budget,
+                "--out", str(sup_json),
+            ]  # fmt: skip
+            if threads:
+                cmd += ["--threads", str(threads)]
+            run(cmd)
+        supervised = json.loads(sup_json.read_text())
+
+    probe = json.loads(probe_json.read_text())
+    table = results_table(probe, supervised)
+    lines = budget_lines(run_dir, supervised)
+    heads = headline(probe, supervised)
+    report = run_dir / "report.html"
+    summary = "\n".join(
+        [
+            f"## {name}",
+            "",
+            f"Frozen-backbone linear probe on the test split ({probe_seeds} seeds; mean ± std "
+            "over seeds), percent:",
+            "",
+            table,
+            "",
+            *[f"- {line}" for line in lines],
+        ]
+    )
+    results_md = run_dir.with_name(run_dir.name + "-results.md")
+    results_md.write_text(summary + "\n")
+    results_json = run_dir.with_name(run_dir.name + "-results.json")
+    results_json.write_text(
+        json.dumps({"headline": heads, "budget": lines, "table": table}, indent=2) + "\n"
+    )
+    print("\n" + summary + "\n")
+    gap = heads["lejepa_minus_random_points"]
+    share = heads["lejepa_share_of_supervised"]
+    if gap is not None:
+        print(f"LeJEPA - random init: {gap:+.1f} points of balanced accuracy")
+    if share is not None:
+        print(f"LeJEPA / supervised: {100 * share:.0f}% of the supervised balanced accuracy")
+    print("\nartifacts:")
+    print(f"  run (config, metrics, checkpoints): {run_dir}")
+    print(f"  model-selection report:             {report}")
+    print(f"  probe results:                      {probe_json}")
+    print(f"  exported encoder:                   {export_dir}")
+    if supervised is not None:
+        print(f"  supervised reference:               {sup_json}")
+    print(f"  results table:                      {results_md}")
+    return heads
