@@ -27,25 +27,31 @@ sys.path.insert(0, str(HERE.parent))
 from common import pipeline  # noqa: E402
 from prepare import prepare  # noqa: E402
 
-COMMON = ["--arch", "resnet18", "--global-size", "64", "--local-size", "32"]
+# Pretraining flags of each preset (flag name -> value, as typed after `lejepa pretrain`).
+SMALL = {"arch": "resnet18", "global-size": 64, "local-size": 32, "batch-size": 64}
 PRESETS = {
     "full": {
-        "flags": [*COMMON, "--batch-size", "64", "--epochs", "16", "--keep-every", "2"],
+        "pretrain": {**SMALL, "epochs": 16, "keep-every": 2},
         "labels_in_report": True,
         "seeds": 5,
         "supervised": True,
     },
     "demo": {
-        "flags": [*COMMON, "--batch-size", "64", "--epochs", "3", "--keep-every", "1"],
+        "pretrain": {**SMALL, "epochs": 3, "keep-every": 1},
         "labels_in_report": True,
         "seeds": 3,
         "supervised": False,
     },
     "tiny": {
-        "flags": [
-            "--arch", "resnet18", "--global-size", "32", "--local-size", "16",
-            "--batch-size", "32", "--epochs", "8", "--keep-every", "4", "--holdout", "16",
-        ],  # fmt: skip
+        "pretrain": {
+            "arch": "resnet18",
+            "global-size": 32,
+            "local-size": 16,
+            "batch-size": 32,
+            "epochs": 8,
+            "keep-every": 4,
+            "holdout": 16,
+        },
         "labels_in_report": False,
         "seeds": 2,
         "supervised": False,
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = prepare(args.data, limit=args.limit)
     print(f"elpv: {summary['images']} cells in {summary['out']}")
-    flags = list(preset["flags"])
+    flags = [part for k, v in preset["pretrain"].items() for part in (f"--{k}", str(v))]
     if preset["labels_in_report"]:
         flags += ["--labels", str(args.data / "train.csv")]
     supervised = preset["supervised"] and not args.no_supervised
