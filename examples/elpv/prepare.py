@@ -27,6 +27,7 @@ files already in place are kept, CSVs are rewritten only when their content chan
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -95,6 +96,11 @@ def stratified_pick(groups: dict, count: int, rng: np.random.Generator) -> set[i
     exact = {k: count * len(groups[k]) / total for k in keys}
     take = {k: min(len(groups[k]), max(3, int(exact[k]))) for k in keys}
     by_remainder = sorted(keys, key=lambda k: exact[k] - int(exact[k]), reverse=True)
+    while sum(take.values()) > count:  # the minimum of 3 overshot: trim the largest groups
+        biggest = max(keys, key=lambda k: take[k] - exact[k] if take[k] > 3 else -math.inf)
+        if take[biggest] <= 3:
+            break
+        take[biggest] -= 1
     while sum(take.values()) < count:
         grew = False
         for k in by_remainder:

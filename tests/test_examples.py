@@ -1,0 +1,252 @@
+"""The real-data examples: folder preparation on tiny fake copies of the datasets (fast), and the
+ELPV pipeline end to end on a 200-cell subset (slow, needs `pip install elpv-dataset`)."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import json
+import struct
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+elpv_prepare = _load("elpv_prepare", EXAMPLES / "elpv" / "prepare.py")
+fmnist_prepare = _load("fmnist_prepare", EXAMPLES / "fashion_mnist" / "prepare.py")
+common = _load("examples_common", EXAMPLES / "common.py")
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- ELPV layout
+
+# (probability as written in the dataset's labels.csv, type, how many cells)
+FAKE_ELPV = [
+    ("0.0", "mono", 12),
+    ("0.0", "poly", 16),
+    ("0.3333333333333333", "mono", 8),
+    ("0.3333333333333333", "poly", 4),
+    ("0.6666666666666666", "mono", 4),
+    ("0.6666666666666666", "poly", 4),
+    ("1.0", "mono", 8),
+    ("1.0", "poly", 8),
+]
+
+
+@pytest.fixture
+def fake_elpv(tmp_path: Path) -> Path:
+    """The elpv-dataset package's data layout: images/cellNNNN.png and a whitespace labels.csv."""
+    source = tmp_path / "elpv_source"
+    (source / "images").mkdir(parents=True)
+    lines = []
+    n = 0
+    for prob, kind, count in FAKE_ELPV:
+        for _ in range(count):
+            n += 1
+            name = f"images/cell{n:04d}.png"
+            Image.fromarray(np.full((12, 12), n % 256, np.uint8), mode="L").save(source / name)
+            lines.append(f"{name}  {prob:<20}{kind}")
+    (source / "labels.csv").write_text("\n".join(lines) + "\n")
+    return source
+
+
+def test_elpv_prepare_writes_folder_labels_and_stratified_split(fake_elpv, tmp_path):
+    out = tmp_path / "data"
+    summary = elpv_prepare.prepare(out, source=fake_elpv, test_fraction=0.25, seed=0)
+    total = sum(c for _, _, c in FAKE_ELPV)
+    assert summary["images"] == total and summary["placed"] == total
+
+    labels = _rows(out / "labels.csv")
+    assert list(labels[0]) == ["path", "label"]
+    assert Counter(r["label"] for r in labels) == {"p0": 28, "p33": 12, "p67": 8, "p100": 16}
+    two = {r["path"]: r["label"] for r in _rows(out / "labels_2class.csv")}
+    four = {r["path"]: r["label"] for r in labels}
+    # functional exactly when the rated defect probability is 0
+    assert all((two[p] == "functional") == (four[p] == "p0") for p in four)
+
+    train = {r["path"] for r in _rows(out / "train.csv")}
+    test = {r["path"] for r in _rows(out / "test.csv")}
+    assert not train & test and train | test == set(four)
+    assert all(p.startswith("images/train/") for p in train)
+    assert all(p.startswith("images/test/") for p in test)
+    assert {r["path"] for r in _rows(out / "train_2class.csv")} == train
+    assert {r["path"] for r in _rows(out / "test_2class.csv")} == test
+    # every image listed exists and is the source's pixels
+    for p in four:
+        assert (out / p).is_file()
+    # stratified by (label, type): a quarter of every group, at least one on each side
+    cells = _rows(out / "cells.csv")
+    for prob, kind, count in FAKE_ELPV:
+        group = [
+            c
+            for c in cells
+            if c["type"] == kind and abs(float(c["probability"]) - float(prob)) < 1e-3
+        ]
+        n_test = sum(c["split"] == "test" for c in group)
+        assert len(group) == count
+        assert n_test == max(1, round(0.25 * count))
+
+
+def test_elpv_prepare_is_idempotent_and_follows_a_new_split(fake_elpv, tmp_path):
+    out = tmp_path / "data"
+    elpv_prepare.prepare(out, source=fake_elpv, seed=0)
+    before = (out / "test.csv").read_text()
+    again = elpv_prepare.prepare(out, source=fake_elpv, seed=0)
+    assert again["placed"] == 0 and again["removed"] == 0 and again["csv_rewritten"] == []
+    assert (out / "test.csv").read_text() == before
+
+    moved = elpv_prepare.prepare(out, source=fake_elpv, seed=1)
+    assert moved["placed"] > 0 and moved["removed"] == moved["placed"]
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
+    assert on_disk == {r["path"] for r in _rows(out / "labels.csv")}
+
+
+def test_elpv_prepare_limit_keeps_every_class_in_both_splits(fake_elpv, tmp_path):
+    out = tmp_path / "subset"
+    summary = elpv_prepare.prepare(out, source=fake_elpv, limit=40, seed=0, copy=True)
+    assert summary["images"] == 40
+    for split in ("train", "test"):
+        assert set(summary["counts"][split]) == {"p0", "p33", "p67", "p100"}
+    assert not any(p.is_symlink() for p in (out / "images").rglob("*.png"))
+
+
+def test_elpv_prepare_rejects_an_unknown_probability(fake_elpv, tmp_path):
+    labels = fake_elpv / "labels.csv"
+    labels.write_text(labels.read_text().replace("1.0 ", "0.5 ", 1))
+    with pytest.raises(SystemExit, match="not 0, 1/3, 2/3 or 1"):
+        elpv_prepare.prepare(tmp_path / "data", source=fake_elpv)
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST layout
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_fmnist(tmp_path: Path) -> Path:
+    source = tmp_path / "fmnist_source"
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    for which, n in (("train", 60), ("t10k", 30)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        _write_idx(source / f"{which}-images-idx3-ubyte.gz", images)
+        _write_idx(source / f"{which}-labels-idx1-ubyte.gz", labels)
+    return source
+
+
+def test_fmnist_prepare_decodes_balanced_subsets(fake_fmnist, tmp_path):
+    out = tmp_path / "data"
+    summary = fmnist_prepare.prepare(out, source=fake_fmnist, train=20, test=30, seed=0)
+    assert summary["written"] == 50
+    train, test = _rows(out / "train.csv"), _rows(out / "test.csv")
+    assert Counter(r["label"] for r in train) == dict.fromkeys(fmnist_prepare.CLASSES, 2)
+    assert len(test) == 30
+    assert _rows(out / "labels.csv") == train + test
+    # the PNG holds exactly the IDX pixels of the image it is named after
+    raw = fmnist_prepare.read_idx(fake_fmnist / "t10k-images-idx3-ubyte.gz")
+    first = test[0]["path"]
+    index = int(Path(first).stem.split("-")[1])
+    assert np.array_equal(np.asarray(Image.open(out / first)), raw[index])
+    assert test[0]["label"] == fmnist_prepare.CLASSES[index % 10]
+
+    again = fmnist_prepare.prepare(out, source=fake_fmnist, train=20, test=30, seed=0)
+    assert again["written"] == 0 and again["csv_rewritten"] == []
+    smaller = fmnist_prepare.prepare(out, source=fake_fmnist, train=10, test=30, seed=0)
+    assert smaller["removed"] == 10
+    assert len(list((out / "images" / "train").glob("*.png"))) == 10
+
+
+def test_fmnist_prepare_reads_uncompressed_idx(fake_fmnist, tmp_path):
+    for gz in fake_fmnist.glob("*.gz"):
+        gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    summary = fmnist_prepare.prepare(tmp_path / "data", source=fake_fmnist, train=20, test=10)
+    assert summary["images"] == 30
+
+
+def test_fmnist_prepare_names_the_missing_files(tmp_path):
+    with pytest.raises(SystemExit, match="dataset-fashion-mnist"):
+        fmnist_prepare.prepare(tmp_path / "data", source=tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------- results table
+
+
+def test_classification_metrics_match_hand_counts():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 0, 1])
+    m = common.classification_metrics(y_true, y_pred, 3)
+    assert m["top1"] == pytest.approx(3 / 6)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    f1_0 = 2 * (2 / 3) * (2 / 3) / (4 / 3)
+    f1_1 = 2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2)
+    assert m["macro_f1"] == pytest.approx((f1_0 + f1_1 + 0) / 3)
+    assert m["confusion"] == [[2, 1, 0], [1, 1, 0], [0, 1, 0]]
+
+
+def test_results_table_reads_probe_json_rows():
+    def row(model, shots, bal):
+        metric = {"mean": bal, "std": 0.01, "values": [bal - 0.01, bal + 0.01]}
+        return {"model": model, "head": "linear", "shots": shots, "balanced_accuracy": metric,
+                "top1": metric, "macro_f1": metric}  # fmt: skip
+
+    probe = {"rows": [row("random", "all", 0.40), row("checkpoint", "all", 0.55),
+                      row("checkpoint", 10, 0.45), row("checkpoint", 1, 0.30)]}  # fmt: skip
+    sup = {"epochs": 15, "test": {"balanced_accuracy": 0.6, "top1": 0.7, "macro_f1": 0.58}}
+    table = common.results_table(probe, sup).splitlines()
+    assert len(table) == 5
+    assert "| random init |" in table[2] and "40.0 ± 1.0" in table[2]
+    assert "| LeJEPA |" in table[3] and "55.0 ± 1.0" in table[3] and "30.0 ± 1.0" in table[3]
+    assert "| supervised |" in table[4] and "60.0" in table[4]
+    heads = common.headline(probe, sup)
+    assert heads["lejepa_minus_random_points"] == pytest.approx(15.0)
+    assert heads["lejepa_share_of_supervised"] == pytest.approx(0.55 / 0.6)
+
+
+# ----------------------------------------------------------------------------- end to end (slow)
+
+
+@pytest.mark.slow
+def test_elpv_pipeline_on_a_subset_beats_random_init(tmp_path):
+    pytest.importorskip("elpv_dataset", reason="pip install elpv-dataset (the demo extra)")
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    cmd = [
+        sys.executable, str(EXAMPLES / "elpv" / "run.py"),
+        "--preset", "tiny", "--limit", "200", "--data", str(data), "--runs", str(runs),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    run_dir = runs / "tiny"
+    for name in ("config.yaml", "metrics.jsonl", "report.json", "probe/probe.json"):
+        assert (run_dir / name).is_file(), name
+    assert (runs / "tiny-encoder" / "model.safetensors").is_file()
+    heads = json.loads((runs / "tiny-results.json").read_text())["headline"]
+    assert heads["lejepa"] > heads["random_init"]
+    # a second run finds every step done and redoes none of them
+    again = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    assert "already finished" in again and "probe already done" in again
+    assert "encoder already exported" in again
