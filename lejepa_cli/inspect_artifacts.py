@@ -170,17 +170,17 @@ def describe_export(path: Path) -> dict[str, Any]:
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
         raise _damaged(path / EXPORT_CONFIG, f"not readable JSON ({exc})") from None
-    summary = weights_summary(path / WEIGHTS)
-    pcfg = cfg.get("pretrained_cfg") if isinstance(cfg.get("pretrained_cfg"), dict) else {}
     extra = cfg.get("lejepa") if isinstance(cfg.get("lejepa"), dict) else {}
     recorded = extra.get("sha256")
     checksum = None
-    if recorded:
+    if recorded and (path / WEIGHTS).is_file():
         checksum = "ok" if sha256_file(path / WEIGHTS) == recorded else "mismatch"
         if checksum == "mismatch":
             raise _damaged(
                 path / WEIGHTS, "its sha256 differs from the one recorded in config.json"
             )
+    summary = weights_summary(path / WEIGHTS)
+    pcfg = cfg.get("pretrained_cfg") if isinstance(cfg.get("pretrained_cfg"), dict) else {}
     input_size = pcfg.get("input_size")
     return {
         "kind": "export",

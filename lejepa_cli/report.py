@@ -60,19 +60,18 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def downsample(steps: list[float], values: list[float], max_points: int = MAX_POINTS):
-    """(steps, values) averaged over equal runs of points, so at most `max_points` remain."""
+    """(steps, values) averaged over `max_points` near-equal runs of points when there are more.
+
+    Each run is represented by its last step and the mean of its finite values.
+    """
     n = len(steps)
     if n <= max_points:
         return list(steps), list(values)
-    size = math.ceil(n / max_points)
+    bounds = [round(i * n / max_points) for i in range(max_points + 1)]
     xs, ys = [], []
-    for start in range(0, n, size):
-        chunk = [
-            (s, v)
-            for s, v in zip(steps[start : start + size], values[start : start + size], strict=True)
-        ]
-        finite = [v for _, v in chunk if isinstance(v, (int, float)) and math.isfinite(v)]
-        xs.append(chunk[-1][0])
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
+        finite = [v for v in values[start:stop] if isinstance(v, (int, float)) and math.isfinite(v)]
+        xs.append(steps[stop - 1])
         ys.append(sum(finite) / len(finite) if finite else float("nan"))
     return xs, ys
 
