@@ -1,0 +1,117 @@
+"""Embed a folder of images with a run's checkpoint or an export.
+
+Output by suffix: `.npz` (arrays `embeddings` float32 (N, F) and `paths`, relative to the folder),
+`.csv` (a `path` column and one column per dimension) or `.parquet` (the same columns; needs
+pyarrow). Unreadable images are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lejepa_cli.errors import DataError, UsageError
+
+SUFFIXES = (".npz", ".csv", ".parquet")
+
+
+@dataclass
+class EmbedResult:
+    out_file: Path
+    count: int  # images embedded
+    feature_dim: int
+    skipped: dict[str, str] = field(default_factory=dict)  # relative path -> reason
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def check_output(out_file: str | Path) -> str:
+    """The output format from the suffix; a UsageError for anything else or a missing pyarrow."""
+    suffix = Path(out_file).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UsageError(
+            f"--out {out_file}: unknown format '{suffix or 'no suffix'}'; end the name with "
+            ".npz, .csv or .parquet"
+        )
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError(
+                "writing .parquet needs pyarrow: pip install pyarrow, or use .npz or .csv"
+            ) from None
+    return suffix
+
+
+def _columns(dim: int) -> list[str]:
+    return [f"e{i}" for i in range(dim)]
+
+
+def write_embeddings(out_file: Path, embeddings: np.ndarray, paths: list[str]) -> None:
+    """Write (N, F) embeddings and their paths, atomically, in the format the suffix names."""
+    suffix = check_output(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if suffix == ".npz":
+        with open(tmp, "wb") as f:
+            np.savez(f, embeddings=embeddings, paths=np.array(paths, dtype=str))
+    elif suffix == ".csv":
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", *_columns(embeddings.shape[1])])
+            for path, row in zip(paths, embeddings, strict=True):
+                # 9 significant digits round-trip float32 exactly
+                writer.writerow([path, *(f"{v:.9g}" for v in row)])
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        columns = {"path": pa.array(paths, type=pa.string())}
+        for i, name in enumerate(_columns(embeddings.shape[1])):
+            columns[name] = pa.array(embeddings[:, i], type=pa.float32())
+        pq.write_table(pa.table(columns), tmp)
+    os.replace(tmp, out_file)
+
+
+def embed(
+    model_path: str | Path,
+    folder: str | Path,
+    out_file: str | Path,
+    checkpoint: str | int | None = "last",
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> EmbedResult:
+    """Embed every image under `folder` (recursively) with the pooled backbone output."""
+    from lejepa_cli.artifacts import load_encoder
+    from lejepa_cli.data.scan import scan_folder
+    from lejepa_cli.features import cached_features
+
+    out_file = Path(out_file)
+    check_output(out_file)  # before any work: a typo in the suffix fails at once
+    index = scan_folder(folder)
+    if len(index) == 0:
+        raise DataError(f"no images found in {folder}; point FOLDER at a folder of images")
+    encoder = load_encoder(model_path, checkpoint)
+    fs = cached_features(encoder, index, "embed", None, batch_size, workers, device, progress)
+    feats, ok = fs.features, fs.ok
+    relpaths = [index.relpath(i) for i in range(len(index))]
+    skipped = {relpaths[i]: fs.errors.get(fs.paths[i], "unreadable") for i in np.flatnonzero(~ok)}
+    keep = np.flatnonzero(ok)
+    if len(keep) == 0:
+        raise DataError(f"none of the {len(index)} images in {folder} could be read")
+    write_embeddings(out_file, feats[keep], [relpaths[i] for i in keep])
+    return EmbedResult(
+        out_file=out_file,
+        count=int(len(keep)),
+        feature_dim=int(feats.shape[1]),
+        skipped=skipped,
+        source=dict(encoder.source),
+    )

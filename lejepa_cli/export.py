@@ -1,0 +1,424 @@
+"""Export a run's backbone as a plain timm model folder: weights, config and a model card.
+
+    DIR/model.safetensors   backbone weights under timm's own key names (no prefix)
+    DIR/config.json         the layout timm reads for `timm.create_model("local-dir:DIR", ...)`:
+                            architecture, num_features, model_args, pretrained_cfg (input size,
+                            mean/std, interpolation, crop_pct); our training summary, versions,
+                            the weights' sha256 and probe results sit under the extra key "lejepa"
+    DIR/README.md           the model card
+    DIR/model.onnx          with fmt="onnx" (dynamic batch axis)
+
+timm's own `resolve_data_config({}, model=m)` + `create_transform(**cfg)` on the loaded model give
+exactly the eval preprocessing of `lejepa embed` and `lejepa probe`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from lejepa_cli import __version__
+from lejepa_cli import checkpoint as ckpt_io
+from lejepa_cli.artifacts import EXPORT_CONFIG, WEIGHTS, Encoder, kind_of, sha256_file
+from lejepa_cli.errors import RunDirError, UsageError
+
+FORMATS = ("safetensors", "onnx")
+README = "README.md"
+ONNX = "model.onnx"
+# What a previous export may have left behind; --overwrite replaces exactly these.
+_OWN_FILES = (WEIGHTS, EXPORT_CONFIG, README, ONNX)
+# pretrained_cfg keys that describe the architecture rather than where weights came from.
+_ARCH_KEYS = ("first_conv", "classifier")
+
+
+def default_checkpoint(run_dir: str | Path) -> str:
+    """'best' when the run's report recommends a checkpoint, else 'last'."""
+    try:
+        ckpt_io.resolve(Path(run_dir), "best")
+        return "best"
+    except RunDirError:
+        return "last"
+
+
+def _global_pool(backbone) -> str | None:
+    head = getattr(backbone, "head", None)
+    for pool in (
+        getattr(head, "global_pool", None),
+        getattr(head, "pool_type", None),
+        getattr(backbone, "global_pool", None),
+    ):
+        pool = getattr(pool, "pool_type", pool)
+        if isinstance(pool, str):
+            return pool
+    return None
+
+
+def timm_config(encoder: Encoder) -> dict[str, Any]:
+    """config.json as timm reads it for a local-dir model (without our extra key)."""
+    spec = encoder.spec
+    base = dict(getattr(encoder.backbone, "pretrained_cfg", None) or {})
+    pretrained_cfg: dict[str, Any] = {k: base[k] for k in _ARCH_KEYS if base.get(k) is not None}
+    pretrained_cfg.update(
+        {
+            "input_size": [3, spec.input_size, spec.input_size],
+            # a ViT built with dynamic_img_size takes any size; the model args say so too
+            "fixed_input_size": bool(base.get("fixed_input_size", False))
+            and not encoder.model_args.get("dynamic_img_size", False),
+            "interpolation": spec.interpolation,
+            "crop_pct": spec.crop_pct,
+            "crop_mode": "center",
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "num_classes": 0,
+        }
+    )
+    cfg: dict[str, Any] = {
+        "architecture": encoder.arch,
+        "num_classes": 0,
+        "num_features": encoder.feature_dim,
+    }
+    pool = _global_pool(encoder.backbone)
+    if pool:
+        cfg["global_pool"] = pool
+    if encoder.model_args:
+        cfg["model_args"] = dict(encoder.model_args)
+    cfg["pretrained_cfg"] = pretrained_cfg
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def probe_summary(probe_json: Path) -> dict[str, Any] | None:
+    """The headline rows of a probe.json (all shots, both heads, with the baseline if any)."""
+    try:
+        data = json.loads(Path(probe_json).read_text())
+        rows = data["rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    keep = []
+    for r in rows:
+        keep.append(
+            {
+                "model": r.get("name"),
+                "baseline": r.get("model") != "checkpoint",
+                "head": r.get("head"),
+                "shots": r.get("shots"),
+                **{
+                    m: {"mean": r[m]["mean"], "std": r[m]["std"]}
+                    for m in ("top1", "balanced_accuracy", "macro_f1")
+                    if isinstance(r.get(m), dict)
+                },
+            }
+        )
+    source = data.get("source") or {}
+    return {
+        "checkpoint": source.get("checkpoint"),
+        "labels": data.get("labels"),
+        "validation": data.get("validation"),
+        "num_classes": len(data.get("classes") or []),
+        "num_val": sum((data.get("val_counts") or {}).values()),
+        "seeds": data.get("seeds"),
+        "rows": keep,
+    }
+
+
+def _versions() -> dict[str, str]:
+    import safetensors
+    import timm
+    import torch
+
+    return {
+        "lejepa-cli": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "safetensors": getattr(safetensors, "__version__", "unknown"),
+    }
+
+
+def _check_out_dir(out: Path, run_dir: Path, overwrite: bool) -> None:
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        raise UsageError(f"--out {out} is inside the run {run_dir}; export to a folder of its own")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; pass a folder to export into")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise RunDirError(
+            f"{out} is not empty; pick a new folder or pass --overwrite to replace the export there"
+        )
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def export(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    checkpoint: str | int | None = None,
+    fmt: str = "safetensors",
+    overwrite: bool = False,
+) -> Path:
+    """Export `checkpoint` of a run (default: best when report.json recommends one, else last)
+    into `out_dir`; returns `out_dir`. `fmt="onnx"` also writes model.onnx."""
+    run_dir, out = Path(run_dir), Path(out_dir)
+    if fmt not in FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    if fmt == "onnx":
+        _require_onnx()
+    if kind_of(run_dir) != "run":
+        raise UsageError(
+            f"{run_dir} is not a run directory; export takes the folder of a pretraining run"
+        )
+    which = default_checkpoint(run_dir) if checkpoint is None else str(checkpoint)
+    ckpt_io.resolve(run_dir, which)  # no checkpoint, or an unknown one: fail before writing
+    _check_out_dir(out, run_dir, overwrite)
+
+    from safetensors.torch import save_file
+
+    from lejepa_cli.artifacts import load_encoder
+
+    encoder = load_encoder(run_dir, which)
+    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        for name in _OWN_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "probe", ignore_errors=True)  # probe results of the old weights
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
+    tmp = out / f".{WEIGHTS}.tmp-{os.getpid()}"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / WEIGHTS)
+    digest = sha256_file(out / WEIGHTS)
+
+    ckpt = Path(run_dir) / ckpt_io.CHECKPOINTS / encoder.source["checkpoint"]
+    meta = ckpt_io.read_meta(ckpt)
+    run_cfg = _read_yaml(run_dir / "config.yaml")
+    probe = probe_summary(run_dir / "probe" / "probe.json")
+    extra = {
+        "format": 1,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": {
+            "run": str(run_dir.resolve()),
+            "checkpoint": encoder.source["checkpoint"],
+            "chosen_as": which,
+            "epoch": meta.get("epoch"),
+            "step": meta.get("step"),
+        },
+        "training": {
+            "objective": "LeJEPA: (1 - lam) * prediction + lam * SIGReg",
+            "epochs_done": meta.get("epoch"),
+            "epochs_planned": run_cfg.get("epochs"),
+            "steps": meta.get("step"),
+            "images_seen": meta.get("images_seen"),
+            "batch_size": run_cfg.get("batch_size"),
+            "lr": run_cfg.get("lr"),
+            "lam": meta.get("lam", run_cfg.get("lam")),
+            "global_views": run_cfg.get("global_views"),
+            "local_views": run_cfg.get("local_views"),
+            "final_loss": meta.get("train"),
+        },
+        "data": {
+            "folder": run_cfg.get("data"),
+            "num_train_images": meta.get("num_train_images"),
+            "global_size": meta.get("global_size"),
+            "local_size": meta.get("local_size"),
+        },
+        "versions": _versions(),
+        "sha256": digest,
+        "probe": probe,
+    }
+    config = {**timm_config(encoder), "lejepa": extra}
+    _write_text(out / EXPORT_CONFIG, json.dumps(config, indent=2))
+    _write_text(out / README, model_card(config, out.name))
+    if fmt == "onnx":
+        export_onnx(encoder, out / ONNX)
+    return out
+
+
+def _require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--format onnx needs the onnx package: pip install 'lejepa-cli[onnx]'"
+        ) from None
+
+
+def export_onnx(encoder: Encoder, path: Path, opset: int = 17) -> Path:
+    """The backbone as ONNX, input `pixel_values` (batch, 3, S, S) -> `embeddings` (batch, F)."""
+    import torch
+
+    _require_onnx()
+    size = encoder.spec.input_size
+    model = encoder.backbone.to("cpu").eval()
+    dummy = torch.zeros(2, 3, size, size)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    kwargs: dict[str, Any] = {
+        "input_names": ["pixel_values"],
+        "output_names": ["embeddings"],
+        "opset_version": opset,
+        "dynamic_axes": {"pixel_values": {0: "batch"}, "embeddings": {0: "batch"}},
+    }
+    try:
+        # The TorchScript exporter needs only onnx; the newer one also needs onnxscript.
+        with torch.no_grad():
+            try:
+                torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, **kwargs)
+            except TypeError:  # a torch from before the `dynamo` argument
+                torch.onnx.export(model, (dummy,), str(tmp), **kwargs)
+    except Exception as exc:  # any exporter failure is a property of this architecture
+        tmp.unlink(missing_ok=True)
+        raise UsageError(
+            f"ONNX export of {encoder.arch} failed ({type(exc).__name__}: {exc}); "
+            "use the safetensors export, which needs no conversion"
+        ) from None
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt_tuple(values) -> str:
+    # full precision: the model card's transform must reproduce the exact normalisation
+    return "(" + ", ".join(repr(float(v)) for v in values) + ")"
+
+
+def _probe_table(probe: dict[str, Any]) -> str:
+    lines = [
+        "| model | head | shots | top-1 | balanced accuracy | macro-F1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in probe["rows"]:
+        cells = []
+        for m in ("top1", "balanced_accuracy", "macro_f1"):
+            v = r.get(m)
+            cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}" if v else "n/a")
+        lines.append(f"| {r['model']} | {r['head']} | {r['shots']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def model_card(config: dict[str, Any], dirname: str) -> str:
+    """README.md for an export: what it is, how to load it with timm alone, how it was trained."""
+    extra = config["lejepa"]
+    pcfg = config["pretrained_cfg"]
+    arch, dim = config["architecture"], config["num_features"]
+    size = pcfg["input_size"][-1]
+    src, train, data = extra["source"], extra["training"], extra["data"]
+    model_args = "".join(f", {k}={v!r}" for k, v in (config.get("model_args") or {}).items())
+    loss = train.get("final_loss") or {}
+    loss_text = ", ".join(f"{k} {v:.4g}" for k, v in loss.items() if isinstance(v, (int, float)))
+    probe = extra.get("probe")
+    if probe:
+        note = ""
+        if probe.get("checkpoint") and probe["checkpoint"] != src["checkpoint"]:
+            note = (
+                f"\n\nThese were measured on checkpoint `{probe['checkpoint']}`, not on the exported "
+                f"`{src['checkpoint']}`; probe this export with `lejepa probe {dirname} --labels ...`."
+            )
+        probe_text = (
+            f"Frozen-backbone probe (`lejepa probe`) on {probe['num_classes']} classes, "
+            f"{probe['num_val']} validation images ({probe['validation']}), mean ± std over "
+            f"{probe['seeds']} seeds:\n\n{_probe_table(probe)}{note}"
+        )
+    else:
+        probe_text = (
+            "No probe results yet. Measure them with a small labeled CSV (`path,label`):\n\n"
+            f"    lejepa probe {dirname} --labels labels.csv --baseline random"
+        )
+    return f"""# {dirname}: a {arch} encoder pretrained with LeJEPA
+
+A `{arch}` backbone (timm architecture) pretrained from scratch with LeJEPA self-supervised
+learning on {data.get("num_train_images") or "unknown number of"} unlabeled images. It maps an
+image to one {dim}-dimensional embedding (pooled features, `num_classes=0`); it has no
+classification head. Use the embeddings for linear probes, kNN search, clustering, or fine-tune
+the backbone with a head of your own.
+
+| | |
+|---|---|
+| architecture | `{arch}` (timm){", " + model_args[2:] if model_args else ""} |
+| embedding size | {dim} |
+| input | RGB, resized and centre-cropped to {size} x {size} (crop_pct {pcfg["crop_pct"]}, {pcfg["interpolation"]}) |
+| normalisation | mean {_fmt_tuple(pcfg["mean"])}, std {_fmt_tuple(pcfg["std"])} |
+| checkpoint | `{src["checkpoint"]}` (epoch {src.get("epoch")}, step {src.get("step")}) of run `{src["run"]}` |
+| weights | `model.safetensors`, sha256 `{extra["sha256"]}` |
+
+## Load it with timm
+
+No lejepa-cli needed: timm reads `config.json` and `model.safetensors` from this folder and
+sets up the same preprocessing that produced the embeddings. Run from the folder that contains
+`{dirname}` (or put its full path after `local-dir:`):
+
+```python
+import timm
+import torch
+from PIL import Image
+
+model = timm.create_model("local-dir:{dirname}", pretrained=True, num_classes=0).eval()
+config = timm.data.resolve_data_config({{}}, model=model)
+transform = timm.data.create_transform(**config)
+
+image = Image.open("image.jpg").convert("RGB")
+with torch.no_grad():
+    embedding = model(transform(image).unsqueeze(0))  # (1, {dim})
+print(embedding.shape)
+```
+
+With a timm release older than `local-dir:` support, build the architecture and load the weights
+with safetensors; the transform spells out the same preprocessing:
+
+```python
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+model = timm.create_model("{arch}", pretrained=False, num_classes=0{model_args}).eval()
+model.load_state_dict(load_file("{dirname}/model.safetensors"))
+transform = timm.data.create_transform(
+    input_size={size},
+    interpolation="{pcfg["interpolation"]}",
+    crop_pct={pcfg["crop_pct"]},
+    mean={_fmt_tuple(pcfg["mean"])},
+    std={_fmt_tuple(pcfg["std"])},
+)
+
+image = Image.open("image.jpg").convert("RGB")
+with torch.no_grad():
+    embedding = model(transform(image).unsqueeze(0))  # (1, {dim})
+print(embedding.shape)
+```
+
+Or embed a whole folder: `lejepa embed {dirname} ./images --out embeddings.npz`.
+
+## Training
+
+- data: `{data.get("folder")}`, {data.get("num_train_images")} training images; global crops
+  {data.get("global_size")} px, local crops {data.get("local_size")} px
+- objective: {train.get("objective")}, lambda = {train.get("lam")}
+- {train.get("epochs_done")} of {train.get("epochs_planned")} epochs, {train.get("steps")} steps,
+  {train.get("images_seen")} images seen, batch size {train.get("batch_size")}, peak lr {train.get("lr")}
+- final training loss (epoch mean): {loss_text or "n/a"}
+- software: {", ".join(f"{k} {v}" for k, v in extra["versions"].items())}
+
+## Probe results
+
+{probe_text}
+
+## Files
+
+- `model.safetensors`: backbone weights, timm key names
+- `config.json`: timm model config (`architecture`, `model_args`, `pretrained_cfg`); training
+  details, versions and checksum under `lejepa`
+- `README.md`: this card
+"""
