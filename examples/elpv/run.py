@@ -11,7 +11,8 @@ Presets (all on the 4-class labels; crops are small because a 2-core CPU is the 
     full  resnet18, 64 px global / 32 px local crops, batch 64, 16 epochs, a checkpoint kept
           every 2 epochs and probed with the training labels for the model-selection report;
           probe with 5 seeds; supervised reference on the same number of images
-    demo  the same model and crops for 3 epochs; probe with 3 seeds; no supervised reference
+    demo  the same model and crops for 3 epochs, no labels in the report; probe with 3 seeds;
+          no supervised reference
     tiny  a smoke test on a 200-cell subset (see tests/test_examples.py)
 """
 
@@ -38,7 +39,7 @@ PRESETS = {
     },
     "demo": {
         "pretrain": {**SMALL, "epochs": 3, "keep-every": 1},
-        "labels_in_report": True,
+        "labels_in_report": False,
         "seeds": 3,
         "supervised": False,
     },
