@@ -85,7 +85,7 @@ def embed(
     out_file: str | Path,
     checkpoint: str | int | None = "last",
     batch_size: int = 64,
-    workers: int = 0,
+    workers: int | str = "auto",
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
 ) -> EmbedResult:

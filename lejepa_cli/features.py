@@ -43,6 +43,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+def resolve_workers(workers: int | str | None, num_images: int) -> int:
+    """'auto': no worker processes for small jobs (starting them costs more than it saves),
+    else up to 8, leaving a core for the main process."""
+    if workers is None or str(workers) == "auto":
+        if num_images < 256:
+            return 0
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
+    try:
+        return max(0, int(workers))
+    except ValueError:
+        from lejepa_cli.errors import UsageError
+
+        raise UsageError(f"--workers takes a number or auto, not {workers!r}") from None
+
+
 def data_config(spec: DataSpec) -> dict[str, Any]:
     """timm's resolved data config for a spec, exactly as `resolve_data_config` returns it."""
     from timm.data import resolve_data_config
@@ -118,7 +133,7 @@ def _extract(
     paths: np.ndarray,
     kind: str,
     batch_size: int,
-    workers: int,
+    workers: int | str,
     device: str | torch.device,
     progress_cb: ProgressFn | None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -133,7 +148,7 @@ def _extract(
         dataset,
         batch_size=max(1, int(batch_size)),
         shuffle=False,
-        num_workers=max(0, int(workers)),
+        num_workers=resolve_workers(workers, len(dataset)),
         pin_memory=dev.type == "cuda",
     )
     chunks, oks, reasons, done = [], [], [], 0
@@ -161,7 +176,7 @@ def extract(
     encoder: Encoder,
     paths_or_index: Any,
     batch_size: int = 64,
-    workers: int = 0,
+    workers: int | str = "auto",
     device: str | torch.device = "auto",
     progress_cb: ProgressFn | None = None,
     kind: str = "embed",
@@ -226,7 +241,7 @@ def cached_features(
     kind: str,
     cache_dir: str | Path | None,
     batch_size: int = 64,
-    workers: int = 0,
+    workers: int | str = "auto",
     device: str | torch.device = "auto",
     progress_cb: ProgressFn | None = None,
 ) -> FeatureSet:

@@ -546,7 +546,7 @@ def run_probe(
     baseline: str | None = None,
     device: str = "auto",
     batch_size: int = 64,
-    workers: int = 0,
+    workers: int | str = "auto",
     progress: ProgressFn | None = None,
 ) -> ProbeResult:
     """Probe a run's checkpoint or an export with labeled images; write probe.json and a

@@ -1,0 +1,62 @@
+"""`lejepa embed`: embeddings of a folder of images, with their paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lejepa_cli.cli.base import app
+
+
+@app.command(no_args_is_help=True)
+def embed(
+    model: Path = typer.Argument(
+        ..., help="An export directory, a run, or one of its checkpoints."
+    ),
+    folder: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output file: .npz, .csv or .parquet (needs pyarrow)."
+    ),
+    checkpoint: str | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="For a run: last, best, an epoch number or a checkpoint name.",
+        show_default="last",
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    workers: str = typer.Option("auto", "--workers", help="Image-decoding processes, or auto."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+) -> None:
+    """Embed every image under FOLDER with the backbone's pooled output.
+
+    .npz holds `embeddings` (N, F) float32 and `paths` relative to FOLDER; .csv and .parquet hold
+    a path column and one column per dimension. Unreadable images are skipped and counted.
+    """
+    from rich.console import Console
+
+    from lejepa_cli.cli.probe import stage_progress
+    from lejepa_cli.embed import embed as run_embed
+
+    console = Console(highlight=False)
+    with stage_progress(Console(stderr=True)) as progress:
+        callback = (lambda done, total: progress("embedding", done, total)) if progress else None
+        result = run_embed(
+            model,
+            folder,
+            out,
+            checkpoint=checkpoint or "last",
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            progress=callback,
+        )
+    console.print(
+        f"wrote {result.count} embeddings of dimension {result.feature_dim} to {result.out_file}"
+    )
+    if result.skipped:
+        first = ", ".join(list(result.skipped)[:3])
+        more = ", ..." if len(result.skipped) > 3 else ""
+        console.print(
+            f"[yellow]skipped {len(result.skipped)} unreadable images[/yellow] ({first}{more})"
+        )

@@ -1,0 +1,60 @@
+"""`lejepa export`: a run's backbone as a plain timm model folder with a model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from lejepa_cli.cli.base import app
+
+
+@app.command("export", no_args_is_help=True)
+def export_command(
+    run: Path = typer.Argument(
+        ..., metavar="RUN", help="Run directory written by `lejepa pretrain`."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write the export into."),
+    checkpoint: str | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="best, last, an epoch number or a checkpoint name.",
+        show_default="best if report.json recommends one, else last",
+    ),
+    fmt: str = typer.Option(
+        "safetensors", "--format", help="safetensors, or onnx (also writes model.onnx; needs onnx)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing export in --out."
+    ),
+) -> None:
+    """Export a run's backbone as a plain timm model folder with a model card.
+
+    Writes model.safetensors (timm key names), config.json (timm's model-folder layout, plus
+    training details, versions and checksum) and README.md; the folder loads with
+    timm.create_model("local-dir:DIR", pretrained=True, num_classes=0) and no lejepa-cli.
+    """
+    import json
+
+    from rich.console import Console
+
+    from lejepa_cli.export import export
+
+    console = Console(highlight=False)
+    path = export(run, out, checkpoint=checkpoint, fmt=fmt, overwrite=overwrite)
+    src = json.loads((path / "config.json").read_text())["lejepa"]["source"]
+    if checkpoint is None:
+        why = (
+            "best: recommended by report.json"
+            if src["chosen_as"] == "best"
+            else "last: no recommendation in report.json yet"
+        )
+    else:
+        why = f"--checkpoint {checkpoint}"
+    console.print(f"exported checkpoint {src['checkpoint']} ({why}) of {run} to {path}")
+    for name in ("model.safetensors", "config.json", "README.md", "model.onnx"):
+        if (path / name).is_file():
+            console.print(f"  {path / name}")
+    console.print(
+        f'load it with: timm.create_model("local-dir:{path}", pretrained=True, num_classes=0)'
+    )

@@ -1,0 +1,181 @@
+"""`lejepa probe`: frozen-backbone linear + kNN probe with a labels CSV."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+
+from lejepa_cli.cli.base import app
+
+
+@contextmanager
+def stage_progress(console) -> Iterator:
+    """A callback (stage, done, total) drawing rich bars on a terminal; None (quiet) otherwise."""
+    if not console.is_terminal:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield update
+
+
+def _cell(summary: dict) -> str:
+    if summary["std"] > 0:
+        return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
+    return f"{summary['mean']:.3f}"
+
+
+def render(result, console) -> None:
+    """The results table, per-class accuracy and notes."""
+    from rich.table import Table
+
+    src = result.source
+    title = f"probe of {src.get('arch')} {src.get('kind')} {src.get('checkpoint') or ''}".strip()
+    table = Table(title=title, title_justify="left")
+    for name, justify in (
+        ("model", "left"),
+        ("head", "left"),
+        ("shots", "right"),
+        ("top-1", "right"),
+        ("balanced acc.", "right"),
+        ("macro-F1", "right"),
+    ):
+        table.add_column(name, justify=justify)
+    previous = None
+    for row in result.rows:
+        if previous is not None and row["model"] != previous:
+            table.add_section()
+        previous = row["model"]
+        table.add_row(
+            row["name"],
+            row["head"],
+            str(row["shots"]),
+            _cell(row["top1"]),
+            _cell(row["balanced_accuracy"]),
+            _cell(row["macro_f1"]),
+        )
+    console.print(table)
+
+    # per-class accuracy of the linear head with the most training examples
+    shots = [r["shots"] for r in result.rows]
+    best = "all" if "all" in shots else max(s for s in shots if s != "all")
+    per_class = Table(title=f"per-class accuracy, linear head, {best} shots", title_justify="left")
+    per_class.add_column("class")
+    per_class.add_column("val images", justify="right")
+    heads = [r for r in result.rows if r["head"] == "linear" and r["shots"] == best]
+    for r in heads:
+        per_class.add_column(r["name"], justify="right")
+    counts = result.data.get("val_counts", {})
+    for c in result.classes:
+        cells = []
+        for r in heads:
+            v = r["per_class_accuracy"].get(c)
+            cells.append("n/a" if v is None else f"{v:.3f}")
+        per_class.add_row(c, str(counts.get(c, "")), *cells)
+    console.print(per_class)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    if result.skipped:
+        first = ", ".join(list(result.skipped)[:3])
+        console.print(f"[yellow]skipped {len(result.skipped)} unreadable images[/yellow] ({first})")
+    console.print(f"results: {result.json_path}")
+    if result.confusion_png:
+        console.print(f"confusion matrix: {result.confusion_png}")
+
+
+@app.command(no_args_is_help=True)
+def probe(
+    model: Path = typer.Argument(
+        ..., help="A run directory, one of its checkpoints, or an export."
+    ),
+    labels: Path = typer.Option(
+        ..., "--labels", help="CSV with header path,label (paths relative to the CSV or --root)."
+    ),
+    val: Path | None = typer.Option(
+        None, "--val", help="Validation CSV (path,label); default: 20% of each class of --labels."
+    ),
+    root: Path | None = typer.Option(
+        None, "--root", help="Folder the CSV paths are relative to (default: the CSV's folder)."
+    ),
+    shots: str = typer.Option(
+        "all", "--shots", help="Training examples per class, comma separated, e.g. 1,10,all."
+    ),
+    seeds: int = typer.Option(
+        3, "--seeds", help="Repeats per shots setting (sampling and head init); mean ± std."
+    ),
+    checkpoint: str | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="For a run: last, best, an epoch number or a checkpoint name.",
+        show_default="last",
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Where probe.json, confusion.png and the feature cache go.",
+        show_default="MODEL/probe",
+    ),
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="'random': also probe the same architecture with random weights."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    workers: str = typer.Option("auto", "--workers", help="Image-decoding processes, or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print probe.json instead of tables."),
+) -> None:
+    """Probe a frozen backbone with labeled images: linear head and kNN, with few-shot seeds.
+
+    Features are cached under the output folder, so probing again (other --shots or --seeds) is
+    quick. Writes probe.json (every number) and confusion.png.
+    """
+    from rich.console import Console
+
+    from lejepa_cli.probe import run_probe
+
+    console = Console(highlight=False)
+    with stage_progress(Console(stderr=True)) as progress:
+        result = run_probe(
+            model,
+            labels,
+            val_csv=val,
+            root=root,
+            shots=shots,
+            seeds=seeds,
+            checkpoint=checkpoint or "last",
+            out_dir=out,
+            baseline=baseline,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+        )
+    if as_json:
+        typer.echo(json.dumps(result.data, indent=2))
+        return
+    render(result, console)
