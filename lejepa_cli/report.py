@@ -252,6 +252,14 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _step_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
 def _log_if_wide(ax, values: list[float]) -> None:
     positive = [v for v in values if v > 0]
     if positive and len(positive) == len(values) and max(positive) > 20 * min(positive):
@@ -271,8 +279,7 @@ def training_figure(rows: list[dict[str, Any]]) -> str | None:
         xs, ys = downsample(xs, ys)
         ax.plot(xs, ys, lw=1.0, color=("#1f4e79", "#2e7d32", "#b85c00")[i])
         ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
+        _step_axis(ax)
         _log_if_wide(ax, ys)
     fig.tight_layout()
     return _png(fig)
@@ -298,16 +305,14 @@ def heldout_figure(ranked: list[dict[str, Any]], best: str | None) -> str | None
         if e["checkpoint"] == best:
             ax.plot([s], [e["score"]], "*", color="#f9a825", ms=16, mec="black")
     ax.set_title(f"held-out score  loss / lam^{selection.ALPHA}  (lower is better)")
-    ax.set_xlabel("step")
-    ax.grid(alpha=0.3)
+    _step_axis(ax)
     ax2 = fig.add_subplot(1, 2, 2)
     ranks = [e.get("effective_rank") for e in pts]
     if any(isinstance(r, (int, float)) for r in ranks):
         xs = [s for s, r in zip(steps, ranks, strict=True) if isinstance(r, (int, float))]
         ax2.plot(xs, [r for r in ranks if isinstance(r, (int, float))], "o-", color="#6a1b9a")
     ax2.set_title("effective rank of backbone embeddings (held-out)")
-    ax2.set_xlabel("step")
-    ax2.grid(alpha=0.3)
+    _step_axis(ax2)
     fig.tight_layout()
     return _png(fig)
 
@@ -375,13 +380,24 @@ def _img(b64: str | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
-def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
-    head = "".join(f"<th{' class=l' if i == 0 else ''}>{h}</th>" for i, h in enumerate(header))
+def _table(
+    header: list[str],
+    rows: list[list[str]],
+    classes: list[str] | None = None,
+    text_columns: tuple[int, ...] = (0,),
+) -> str:
+    """An HTML table; numbers align right, the `text_columns` (and negative indices) left."""
+    left = {i % len(header) for i in text_columns}
+
+    def cls(i: int) -> str:
+        return " class=l" if i in left else ""
+
+    head = "".join(f"<th{cls(i)}>{h}</th>" for i, h in enumerate(header))
     body = []
     for r, cells in enumerate(rows):
-        cls = f' class="{classes[r]}"' if classes and classes[r] else ""
-        tds = "".join(f"<td{' class=l' if i == 0 else ''}>{c}</td>" for i, c in enumerate(cells))
-        body.append(f"<tr{cls}>{tds}</tr>")
+        row_cls = f' class="{classes[r]}"' if classes and classes[r] else ""
+        tds = "".join(f"<td{cls(i)}>{c}</td>" for i, c in enumerate(cells))
+        body.append(f"<tr{row_cls}>{tds}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -434,6 +450,7 @@ def render_html(report: dict[str, Any], rows: list[dict[str, Any]], ranked: list
                 ],
                 ["checkpoints on disk", _f(prog["checkpoints_on_disk"])],
             ],
+            text_columns=(0, 1),
         )
     )
     out.append("<h2>Training curves</h2>")
@@ -491,7 +508,7 @@ def render_html(report: dict[str, Any], rows: list[dict[str, Any]], ranked: list
             else "gone"
         )
     if trs:
-        out.append(_table(header, trs, classes))
+        out.append(_table(header, trs, classes, text_columns=(0, -1)))
     else:
         out.append("<p class='sub'>No checkpoint yet.</p>")
 
@@ -527,6 +544,7 @@ def render_html(report: dict[str, Any], rows: list[dict[str, Any]], ranked: list
                     "verdict",
                 ],
                 drows,
+                text_columns=(0, -1),
             )
         )
         out.append(
@@ -583,12 +601,15 @@ def render_html(report: dict[str, Any], rows: list[dict[str, Any]], ranked: list
                     [html.escape(k), html.escape(json.dumps(v))]
                     for k, v in sel["comparison"].items()
                 ],
+                text_columns=(0, 1),
             )
         )
     out.append("<h2>Configuration</h2>")
     out.append(
         _table(
-            ["key", "value"], [[html.escape(k), html.escape(json.dumps(v))] for k, v in cfg.items()]
+            ["key", "value"],
+            [[html.escape(k), html.escape(json.dumps(v))] for k, v in cfg.items()],
+            text_columns=(0, 1),
         )
     )
     out.append("</body></html>")
