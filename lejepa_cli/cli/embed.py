@@ -12,9 +12,11 @@ from lejepa_cli.cli.base import app
 @app.command(no_args_is_help=True)
 def embed(
     model: Path = typer.Argument(
-        ..., help="An export directory, a run, or one of its checkpoints."
+        ..., metavar="MODEL", help="An export directory, a run, or one of its checkpoints."
     ),
-    folder: Path = typer.Argument(..., help="Folder of images (searched recursively)."),
+    folder: Path = typer.Argument(
+        ..., metavar="FOLDER", help="Folder of images (searched recursively)."
+    ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output file: .npz, .csv or .parquet (needs pyarrow)."
     ),

@@ -112,7 +112,7 @@ def render(result, console) -> None:
 @app.command(no_args_is_help=True)
 def probe(
     model: Path = typer.Argument(
-        ..., help="A run directory, one of its checkpoints, or an export."
+        ..., metavar="RUN_OR_EXPORT", help="A run directory, one of its checkpoints, or an export."
     ),
     labels: Path = typer.Option(
         ..., "--labels", help="CSV with header path,label (paths relative to the CSV or --root)."
