@@ -213,7 +213,8 @@ def scan_folder(root: str | os.PathLike) -> ImageIndex:
     root_path = root_path.absolute()
 
     dirs: list[str] = []
-    names: list[str] = []
+    name_chunks: list[bytes] = []  # per folder: its image names, encoded and concatenated
+    name_lengths: list[np.ndarray] = []
     dir_ids: list[np.ndarray] = []
     ext_ids: list[np.ndarray] = []
     skipped_dirs: list[str] = []
@@ -253,23 +254,29 @@ def scan_folder(root: str | os.PathLike) -> ImageIndex:
                 files.append((name, e))
         if files:
             files.sort()
-            d = len(dirs)
-            dirs.append(rel)
-            names.extend(f for f, _ in files)
-            dir_ids.append(np.full(len(files), d, dtype=np.int32))
+            # Encoded per folder so that no list of every name ever exists (peak memory).
+            encoded = [f.encode(*_ENC) for f, _ in files]
+            name_chunks.append(b"".join(encoded))
+            name_lengths.append(np.fromiter(map(len, encoded), dtype=np.int64, count=len(files)))
+            dir_ids.append(np.full(len(files), len(dirs), dtype=np.int32))
             ext_ids.append(np.fromiter((e for _, e in files), dtype=np.uint8, count=len(files)))
+            dirs.append(rel)
         for name in sorted(subdirs, reverse=True):
             stack.append((os.path.join(path, name), f"{rel}/{name}" if rel else name))
 
-    if not names:
+    if not name_chunks:
         looked = ", ".join("." + e for e in IMAGE_EXTENSIONS)
         raise DataError(
             f"no images found in {root} (looked for {looked} in all subfolders, skipping hidden "
             "ones); point DATA at a folder of images"
         )
+    lengths = np.concatenate(name_lengths)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    buffer = np.frombuffer(b"".join(name_chunks), dtype=np.uint8).copy()
     return ImageIndex(
         root_path,
-        _StringTable.from_strings(names),
+        _StringTable(buffer, offsets),
         _StringTable.from_strings(dirs),
         np.concatenate(dir_ids),
         np.concatenate(ext_ids),
