@@ -10,9 +10,11 @@ parameter ranges are those of torchvision's transforms; the work is done differe
   `convert("RGB", matrix)`, 3x3 plus offset), clamped to 0-255 after every step as torchvision
   does; solarize is a lookup table;
 - hue is a rotation by `hue_factor * 360` degrees about the grey axis instead of torchvision's
-  RGB -> HSV -> RGB round trip: the same angle range, exact for multiples of 120 degrees, greys
-  stay grey and the channel mean is kept, but strongly saturated colours can clip where HSV
-  would not;
+  RGB -> HSV -> RGB round trip, which costs more than all other colour steps together: the
+  same angle range and direction (positive turns red towards yellow), exact for multiples
+  of 120 degrees, greys stay grey. It keeps each pixel's channel mean where HSV keeps its
+  largest channel, so a shifted colour is on average a little darker or lighter than
+  torchvision's, and strongly saturated colours can clip where HSV would not;
 - blur is Pillow's GaussianBlur (three box passes approximating a Gaussian of the same sigma)
   instead of a 23-tap convolution;
 - normalisation is left out: `normalize` runs once on the batched uint8 tensor, on the GPU when
