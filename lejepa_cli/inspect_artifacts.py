@@ -463,10 +463,11 @@ def render_run(item: dict[str, Any], console) -> None:
         console.print(f"  [yellow]{_esc(rec['reason'])}[/yellow]")
     corr = rep.get("correlation")
     if corr:
+        note = f" ({corr['note']})" if corr.get("note") else ""
         console.print(
             f"  labels: Spearman(-score, linear top-1) = {_n(corr.get('spearman_linear_top1'), 3)}"
             f", kNN = {_n(corr.get('spearman_knn_top1'), 3)} over {corr['num_checkpoints']} "
-            "checkpoints",
+            f"checkpoints{_esc(note)}",
             highlight=False,
         )
     for warning in rep["warnings"]:

@@ -267,6 +267,9 @@ def test_label_probe_and_correlation(world, tmp_path):
     assert corr["num_checkpoints"] == 4
     assert corr["spearman_linear_top1"] == pytest.approx(0.8)
     assert selection.label_correlation(ranked[:2])["spearman_linear_top1"] is None
+    flat = [{**e, "probe": {"linear_top1": 1.0, "knn_top1": 1.0}} for e in ranked]
+    corr = selection.label_correlation(flat)
+    assert corr["spearman_linear_top1"] is None and "no order" in corr["note"]
 
 
 # ----------------------------------------------------------------------------- diagnostics
