@@ -506,20 +506,23 @@ def render_weights(item: dict[str, Any], console) -> None:
     if kind == "export":
         lines.append(("interpolation", item.get("interpolation")))
         lines.append(("checksum", item.get("checksum") or "not recorded"))
-        extra = item.get("lejepa") or {}
-        for key, value in extra.items():
-            if key != "sha256":
-                lines.append((key, json.dumps(value) if isinstance(value, (dict, list)) else value))
+        for key, value in (item.get("lejepa") or {}).items():
+            if key == "sha256":
+                continue
+            inner = value if isinstance(value, dict) else {"": value}
+            for sub, v in inner.items():
+                label = f"{key}.{sub}" if sub else key
+                lines.append((label, json.dumps(v) if isinstance(v, (dict, list)) else v))
     weights = item["weights"]
     lines.append(
         ("file", f"{weights['file']} ({_n(weights['bytes'])} bytes, {weights['tensors']} tensors)")
     )
     for key, value in (weights.get("metadata") or {}).items():
         lines.append((f"metadata {key}", value))
+    lines = [(label, value) for label, value in lines if value is not None]
+    width = max(len(label) for label, _ in lines)
     for label, value in lines:
-        if value is None:
-            continue
-        console.print(f"  {label:>20}: {_esc(_n(value))}", highlight=False)
+        console.print(f"  {label:>{width}}: {_esc(_n(value))}", highlight=False)
     console.print()
 
 

@@ -12,7 +12,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from lejepa_cli import checkpoint, selection
-from lejepa_cli.artifacts import sha256_file
 from lejepa_cli.cli.base import main
 from lejepa_cli.errors import UsageError
 from lejepa_cli.inspect_artifacts import inspect_paths, sparkline
@@ -141,43 +140,19 @@ def test_inspect_checkpoint_and_weights_file(runs, capsys):
     assert item["kind"] == "weights" and item["parameters"] == 372_688
 
 
-def fabricate_export(ckpt: Path, out: Path) -> Path:
-    """The layout `lejepa export` writes: timm key names, timm's config.json keys."""
-    out.mkdir()
-    weights = load_file(str(ckpt / "model.safetensors"))
-    backbone = {k[len("backbone.") :]: v for k, v in weights.items() if k.startswith("backbone.")}
-    save_file(backbone, str(out / "model.safetensors"), metadata={"format": "pt"})
-    meta = checkpoint.read_meta(ckpt)
-    config = {
-        "architecture": meta["arch"],
-        "num_classes": 0,
-        "num_features": meta["feature_dim"],
-        "pretrained_cfg": {
-            "input_size": [3, 32, 32],
-            "mean": meta["data"]["mean"],
-            "std": meta["data"]["std"],
-            "interpolation": "bicubic",
-            "crop_pct": 0.875,
-        },
-        "lejepa": {
-            "sha256": sha256_file(out / "model.safetensors"),
-            "source": {"checkpoint": ckpt.name, "step": meta["step"], "epoch": meta["epoch"]},
-        },
-    }
-    (out / "config.json").write_text(json.dumps(config))
-    return out
-
-
 def test_inspect_export(runs, capsys, tmp_path):
-    ckpt = checkpoint.resolve(runs["good"], "best")
-    export = fabricate_export(ckpt, tmp_path / "export")
+    from lejepa_cli.export import export as export_run
+
+    export = export_run(runs["good"], tmp_path / "export")  # the best checkpoint by default
+    best = checkpoint.resolve(runs["good"], "best").name
     code, out, err = run_cli(capsys, str(export))
     assert code == 0, err
     assert "export" in out and "test_resnet" in out and "372,688" in out
-    assert "checksum: ok" in out and ckpt.name in out
+    assert "checksum: ok" in out and best in out
     code, out, _ = run_cli(capsys, "--json", str(export))
     item = json.loads(out)["items"][0]
     assert item["kind"] == "export" and item["feature_dim"] == 96 and item["input_size"] == 32
+    assert item["lejepa"]["source"]["checkpoint"] == best
     # a changed weights file no longer matches its recorded checksum: one line, exit 2
     with open(export / "model.safetensors", "ab") as f:
         f.write(b"\0")
