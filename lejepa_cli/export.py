@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -258,7 +259,10 @@ def _require_onnx() -> None:
 
 
 def export_onnx(encoder: Encoder, path: Path, opset: int = 17) -> Path:
-    """The backbone as ONNX, input `pixel_values` (batch, 3, S, S) -> `embeddings` (batch, F)."""
+    """The backbone as ONNX: `pixel_values` (batch, 3, S, S) -> `embeddings` (batch, F).
+
+    The batch axis is dynamic; the image size is the export's input size.
+    """
     import torch
 
     _require_onnx()
@@ -274,7 +278,9 @@ def export_onnx(encoder: Encoder, path: Path, opset: int = 17) -> Path:
     }
     try:
         # The TorchScript exporter needs only onnx; the newer one also needs onnxscript.
-        with torch.no_grad():
+        # The tracer warns about every Python branch in timm's forward; the size is fixed here.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             try:
                 torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, **kwargs)
             except TypeError:  # a torch from before the `dynamo` argument

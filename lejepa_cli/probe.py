@@ -24,6 +24,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,24 @@ def _steps(n: int, batch: int, epochs: int) -> int:
     return int(min(MAX_STEPS, max(MIN_STEPS, epochs * math.ceil(n / batch))))
 
 
+SMALL_BATCH = 1 << 18  # minibatch elements (rows x features) below which one thread is faster
+
+
+@contextmanager
+def _one_thread_if_small(elements: int, device: torch.device):
+    """Run tiny problems on one CPU thread: waking a thread pool for a matmul of a few thousand
+    elements costs more than the arithmetic, and far more when other processes hold the cores."""
+    if device.type != "cpu" or elements >= SMALL_BATCH:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _fit_heads(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -270,24 +289,27 @@ def _fit_heads(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     order = torch.randperm(n, generator=gen).to(x.device)
     pos = 0
-    for _ in range(steps):
-        if batch == n:
-            xb, yb = xn, y
-        else:
-            if pos + batch > n:
-                order = torch.randperm(n, generator=gen).to(x.device)
-                pos = 0
-            take = order[pos : pos + batch]
-            pos += batch
-            xb, yb = xn.index_select(0, take), y.index_select(0, take)
-        w = torch.cat(weight, dim=1)  # (F, G*C)
-        logits = torch.addmm(torch.cat(bias), xb, w).view(len(yb), heads, num_classes)  # (B, G, C)
-        # summed over heads: each head's gradient is its own mean cross-entropy
-        loss = F.cross_entropy(logits.flatten(0, 1), yb.repeat_interleave(heads), reduction="sum")
-        opt.zero_grad(set_to_none=True)
-        (loss / len(yb)).backward()
-        opt.step()
-        sched.step()
+    with _one_thread_if_small(batch * dim, x.device):
+        for _ in range(steps):
+            if batch == n:
+                xb, yb = xn, y
+            else:
+                if pos + batch > n:
+                    order = torch.randperm(n, generator=gen).to(x.device)
+                    pos = 0
+                take = order[pos : pos + batch]
+                pos += batch
+                xb, yb = xn.index_select(0, take), y.index_select(0, take)
+            w = torch.cat(weight, dim=1)  # (F, G*C)
+            logits = torch.addmm(torch.cat(bias), xb, w).view(len(yb), heads, num_classes)
+            # summed over heads: each head's gradient is its own mean cross-entropy
+            loss = F.cross_entropy(
+                logits.flatten(0, 1), yb.repeat_interleave(heads), reduction="sum"
+            )  # logits (B, G, C) -> (B*G, C)
+            opt.zero_grad(set_to_none=True)
+            (loss / len(yb)).backward()
+            opt.step()
+            sched.step()
     return {
         "weight": torch.stack(weight).detach(),  # (G, F, C)
         "bias": torch.stack(bias).detach(),  # (G, C)

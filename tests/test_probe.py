@@ -1,0 +1,246 @@
+"""The probe: separable classes are found, shuffled labels stay at chance, bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers_runs import make_run
+from PIL import Image
+
+from lejepa_cli.cli import main
+from lejepa_cli.probe import (
+    classification_metrics,
+    knn_predict,
+    parse_shots,
+    probe_arrays,
+    run_probe,
+)
+
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (40, 60, 220),
+    "yellow": (230, 220, 40),
+    "white": (235, 235, 235),
+    "black": (20, 20, 20),
+}
+PER_CLASS = 20
+
+
+def _write_images(folder: Path, per_class: int = PER_CLASS, seed: int = 0) -> list[tuple[str, str]]:
+    """Noisy solid-colour 32 px images, one colour per class: (relative path, class) pairs."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, rgb in COLOURS.items():
+        (folder / "images" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.normal(0, 25, (32, 32, 3))
+            pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
+            rel = f"images/{name}/{i:03d}.png"
+            Image.fromarray(pixels).save(folder / rel)
+            rows.append((rel, name))
+    return rows
+
+
+def _write_csv(path: Path, rows, header: str = "path,label") -> Path:
+    path.write_text(header + "\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    rows = _write_images(root)
+    labels = _write_csv(root / "labels.csv", rows)
+    rng = np.random.default_rng(1)
+    shuffled_labels = rng.permutation([lab for _, lab in rows])
+    shuffled = _write_csv(
+        root / "shuffled.csv", [(p, lab) for (p, _), lab in zip(rows, shuffled_labels, strict=True)]
+    )
+    run = make_run(root / "run", arch="test_resnet")
+    return {"root": root, "rows": rows, "labels": labels, "shuffled": shuffled, "run": run}
+
+
+def _row(result, model="checkpoint", head="linear", shots="all"):
+    (row,) = [
+        r for r in result.rows if r["model"] == model and r["head"] == head and r["shots"] == shots
+    ]
+    return row
+
+
+def test_colour_classes_are_separable_even_with_random_weights(data, tmp_path):
+    result = run_probe(
+        data["run"],
+        data["labels"],
+        seeds=2,
+        baseline="random",
+        out_dir=tmp_path / "probe",
+        device="cpu",
+        workers=0,
+    )
+    for model in ("checkpoint", "random"):
+        for head in ("linear", "knn"):
+            row = _row(result, model, head)
+            assert row["balanced_accuracy"]["mean"] >= 0.9, (model, head, row)
+            assert len(row["top1"]["values"]) == 2
+    assert len(result.rows) == 4  # 2 models x 2 heads x 1 shots setting
+    written = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert written["source"]["checkpoint"] == "epoch-0002"
+    assert written["baseline"]["kind"] == "random"
+    assert written["classes"] == sorted(COLOURS)
+    # 20% of 20 per class held out
+    assert set(written["val_counts"].values()) == {4}
+    assert (tmp_path / "probe" / "confusion.png").stat().st_size > 1000
+    per_class = _row(result)["per_class_accuracy"]
+    assert set(per_class) == set(COLOURS) and min(per_class.values()) >= 0.5
+
+
+def test_shuffled_labels_stay_at_chance_and_few_shot_reports_spread(data, tmp_path):
+    seeds = 3
+    result = run_probe(
+        data["run"],
+        data["shuffled"],
+        shots="1,50,all",
+        seeds=seeds,
+        out_dir=tmp_path / "probe",
+        device="cpu",
+        workers=0,
+    )
+    classes = len(COLOURS)
+    n_val = _row(result)["num_val"]
+    chance = 1 / classes
+    # four binomial standard deviations above chance on this many validation images
+    bound = chance + 4 * math.sqrt(chance * (1 - chance) / n_val)
+    for head in ("linear", "knn"):
+        assert _row(result, head=head)["balanced_accuracy"]["mean"] < bound, head
+    one_shot = _row(result, shots=1)
+    assert one_shot["num_train"] == [classes] * seeds
+    for metric in ("top1", "balanced_accuracy", "macro_f1"):
+        assert len(one_shot[metric]["values"]) == seeds
+        assert one_shot[metric]["std"] == pytest.approx(np.std(one_shot[metric]["values"]))
+    spreads = [r[m]["std"] for r in result.rows if r["shots"] == 1 for m in ("top1", "macro_f1")]
+    assert max(spreads) > 0
+    # 50 per class is more than any class has: clamped and said so
+    assert any("50-shot" in note and "use all they have" in note for note in result.notes)
+
+
+def test_cli_probe_prints_table_and_reuses_cached_features(data, tmp_path, capsys):
+    out = tmp_path / "p"
+    args = ["probe", str(data["run"]), "--labels", str(data["labels"]), "--seeds", "1"]
+    args += ["--out", str(out), "--device", "cpu", "--workers", "0"]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "top-1" in text and "balanced acc." in text and "knn" in text
+    assert "per-class accuracy" in text and "yellow" in text
+    first = json.loads((out / "probe.json").read_text())
+    assert first["cache"]["checkpoint"]["hit"] is False
+
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--json"])
+    assert info.value.code == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["cache"]["checkpoint"]["hit"] is True
+    assert again["rows"][0]["top1"] == first["rows"][0]["top1"]
+
+    # a changed image changes the cache key
+    image = data["root"] / data["rows"][0][0]
+    stamp = image.stat().st_mtime_ns
+    os.utime(image, ns=(stamp + 10**9, stamp + 10**9))
+    with pytest.raises(SystemExit):
+        main([*args, "--json"])
+    assert json.loads(capsys.readouterr().out)["cache"]["checkpoint"]["hit"] is False
+
+
+def test_vit_probe_features_are_the_last_two_cls_tokens(tmp_path):
+    from lejepa_cli.artifacts import load_encoder
+    from lejepa_cli.features import embed_features, probe_features
+
+    rows = _write_images(tmp_path, per_class=1)
+    paths = [tmp_path / p for p, _ in rows]
+    encoder = load_encoder(make_run(tmp_path / "vit", arch="test_vit"))
+    probe_x, ok = probe_features(encoder, paths, device="cpu", workers=0)
+    embed_x, _ = embed_features(encoder, paths, device="cpu", workers=0)
+    dim = encoder.feature_dim
+    assert (
+        ok.all() and probe_x.shape == (len(paths), 2 * dim) and embed_x.shape == (len(paths), dim)
+    )
+    # token pooling: the pooled embedding is the last block's normed CLS token
+    np.testing.assert_allclose(probe_x[:, dim:], embed_x, atol=1e-5)
+    assert np.abs(probe_x[:, :dim] - embed_x).max() > 1e-3
+
+
+def _fail(args, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert "Traceback" not in err
+    assert err.strip().startswith("error:") and len(err.strip().splitlines()) <= 3
+    return " ".join(err.split())
+
+
+def test_bad_labels_are_one_clear_line(data, tmp_path, capsys):
+    run, rows = str(data["run"]), data["rows"]
+    root = data["root"]
+
+    no_columns = _write_csv(root / "bad_header.csv", rows, header="file,class")
+    err = _fail(["probe", run, "--labels", str(no_columns)], capsys)
+    assert "path,label" in err and "file, class" in err
+
+    missing = _write_csv(
+        root / "missing.csv", rows[:10] + [(f"images/nope_{i}.png", "red") for i in range(5)]
+    )
+    err = _fail(["probe", run, "--labels", str(missing)], capsys)
+    assert "5 of 15 paths" in err and "images/nope_0.png" in err and "--root" in err
+
+    single = _write_csv(root / "single.csv", [r for r in rows if r[1] == "red"])
+    err = _fail(["probe", run, "--labels", str(single)], capsys)
+    assert "single class" in err and "red" in err
+
+    one_each = _write_csv(root / "one_each.csv", [rows[0], rows[PER_CLASS]])
+    err = _fail(["probe", run, "--labels", str(one_each)], capsys)
+    assert "only 1 labeled example" in err and "--val" in err
+
+    err = _fail(["probe", run, "--labels", str(data["labels"]), "--shots", "0,all"], capsys)
+    assert "--shots" in err
+
+    err = _fail(["probe", run, "--labels", str(root / "nothing.csv")], capsys)
+    assert "not found" in err
+
+
+def test_metrics_match_hand_computed_values():
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 1, 1])
+    m = classification_metrics(y_true, y_pred, 4)
+    assert m["top1"] == pytest.approx(4 / 6)
+    # recalls 2/3, 1, 0 over the three classes present
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    # F1: class 0 = 0.8, class 1 = 2*(0.5*1)/(1.5) = 2/3, class 2 = 0 (class 3 neither true nor predicted)
+    assert m["macro_f1"] == pytest.approx((0.8 + 2 / 3 + 0) / 3)
+    assert m["per_class_accuracy"][3] is None
+    assert m["confusion"][0] == [2, 1, 0, 0]
+
+
+def test_probe_arrays_on_blobs_and_knn_vote():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 1, (5, 32))
+    y = rng.integers(0, 5, 600)
+    x = (centers[y] + 0.3 * rng.normal(0, 1, (600, 32))).astype(np.float32)
+    res = probe_arrays(x[:500], y[:500], x[500:], y[500:], [str(i) for i in range(5)], seed=0)
+    assert res["linear"]["top1"] > 0.95 and res["knn"]["top1"] > 0.95
+    assert res["num_train"] == 500 and res["knn"]["k"] == 20
+    # kNN with k larger than the training set is clamped, and the nearest label wins
+    pred = knn_predict(np.eye(3), np.array([0, 1, 2]), np.eye(3) + 0.01, 3, k=50)
+    assert pred.tolist() == [0, 1, 2]
+
+
+def test_parse_shots():
+    assert parse_shots("1, 10,all,10") == [1, 10, "all"]
+    assert parse_shots(["all"]) == ["all"]
