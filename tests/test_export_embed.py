@@ -1,0 +1,295 @@
+"""Export and embed: the exported folder is a plain timm model that reproduces `lejepa embed`."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers_runs import make_run
+from PIL import Image
+
+from lejepa_cli.cli import main
+from lejepa_cli.errors import CheckpointError, UsageError
+
+# Runs in a fresh interpreter that has never imported lejepa_cli: plain timm, as a user would.
+PLAIN_TIMM = """
+import json, sys
+import numpy as np, timm, torch
+from PIL import Image
+
+export_dir, folder, emb_file = sys.argv[1:4]
+model = timm.create_model("local-dir:" + export_dir, pretrained=True, num_classes=0).eval()
+cfg = timm.data.resolve_data_config({}, model=model)
+transform = timm.data.create_transform(**cfg)
+saved = np.load(emb_file)
+x = torch.stack([transform(Image.open(folder + "/" + p).convert("RGB")) for p in saved["paths"]])
+with torch.no_grad():
+    emb = model(x).numpy()
+assert "lejepa_cli" not in sys.modules, "lejepa_cli was imported"
+print(json.dumps({"max_diff": float(np.abs(emb - saved["embeddings"]).max()), "shape": emb.shape}))
+"""
+
+
+def _images(folder: Path, count: int = 6, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (folder / "sub").mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        pixels = rng.integers(0, 255, (40 + i, 36, 3), dtype=np.uint8)
+        where = folder / "sub" if i % 2 else folder
+        Image.fromarray(pixels).save(where / f"img_{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {arch: make_run(root / arch, arch=arch) for arch in ("test_resnet", "test_vit")}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return _images(tmp_path_factory.mktemp("images"))
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    out = capsys.readouterr()
+    return info.value.code, " ".join(out.out.split()), " ".join(out.err.split())
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "test_vit"])
+def test_export_loads_in_plain_timm_and_reproduces_embed(arch, runs, images, tmp_path, capsys):
+    export_dir, emb = tmp_path / "export", tmp_path / "emb.npz"
+    code, out, err = _cli(["export", str(runs[arch]), "--out", str(export_dir)], capsys)
+    assert code == 0, err
+    assert "epoch-0002" in out and "last: no recommendation" in out
+    code, out, err = _cli(
+        ["embed", str(export_dir), str(images), "--out", str(emb), "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN_TIMM, str(export_dir), str(images), str(emb)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["shape"] == [
+        6,
+        json.loads((export_dir / "config.json").read_text())["num_features"],
+    ]
+    assert result["max_diff"] < 1e-5
+
+
+def test_export_layout_checksum_and_model_card(runs, images, tmp_path):
+    from safetensors.torch import load_file
+
+    from lejepa_cli.export import export
+    from lejepa_cli.probe import run_probe
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["test_vit"], run)
+    labels = tmp_path / "labels.csv"
+    rows = [
+        f"{p.relative_to(images)},{'a' if i % 2 else 'b'}"
+        for i, p in enumerate(sorted(images.rglob("*.png")))
+    ]
+    labels.write_text("path,label\n" + "\n".join(rows) + "\n")
+    run_probe(run, labels, root=images, seeds=1, device="cpu", workers=0)  # RUN/probe/probe.json
+    out = export(run, tmp_path / "export", checkpoint="1")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architecture"] == "test_vit" and cfg["num_classes"] == 0
+    assert cfg["model_args"] == {"img_size": 32, "dynamic_img_size": True}
+    pcfg = cfg["pretrained_cfg"]
+    assert pcfg["input_size"] == [3, 32, 32] and pcfg["crop_mode"] == "center"
+    meta = json.loads((run / "checkpoints" / "epoch-0001" / "meta.json").read_text())
+    assert pcfg["mean"] == meta["data"]["mean"] and pcfg["crop_pct"] == meta["data"]["crop_pct"]
+    extra = cfg["lejepa"]
+    assert extra["sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert extra["source"]["checkpoint"] == "epoch-0001"
+    assert extra["training"]["images_seen"] == meta["images_seen"]
+    assert extra["versions"]["lejepa-cli"] and extra["versions"]["timm"]
+    assert extra["probe"]["checkpoint"] == "epoch-0002"  # the probe ran on last, not on epoch 1
+    weights = load_file(str(out / "model.safetensors"))
+    run_weights = load_file(str(run / "checkpoints" / "epoch-0001" / "model.safetensors"))
+    assert not any(k.startswith(("backbone.", "projector.")) for k in weights)
+    assert set(weights) == {k[len("backbone.") :] for k in run_weights if k.startswith("backbone.")}
+    card = (out / "README.md").read_text()
+    assert 'timm.create_model("local-dir:export", pretrained=True, num_classes=0)' in card
+    assert "Probe results" in card and "| knn | all |" in card and "not on the exported" in card
+
+
+def test_model_card_snippets_run_as_written(runs, tmp_path):
+    """Every python block of README.md runs in plain Python and gives lejepa embed's numbers."""
+    from lejepa_cli.embed import embed
+    from lejepa_cli.export import export
+
+    out = export(runs["test_vit"], tmp_path / "encoder")
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (50, 45, 3), dtype=np.uint8)).save(
+        tmp_path / "image.jpg", quality=95
+    )
+    (tmp_path / "one").mkdir()
+    shutil.copy(tmp_path / "image.jpg", tmp_path / "one" / "image.jpg")
+    expected = embed(out, tmp_path / "one", tmp_path / "ref.npz", device="cpu", workers=0)
+    assert expected.count == 1
+    reference = np.load(tmp_path / "ref.npz")["embeddings"]
+    blocks = re.findall(r"```python\n(.*?)```", (out / "README.md").read_text(), flags=re.S)
+    assert len(blocks) == 2
+    for i, code in enumerate(blocks):
+        check = "\nimport numpy\nnumpy.save('snippet.npy', embedding.numpy())\n"
+        check += "import sys\nassert 'lejepa_cli' not in sys.modules\n"
+        proc = subprocess.run(
+            [sys.executable, "-c", code + check],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, (i, proc.stderr)
+        assert "torch.Size([1, 64])" in proc.stdout
+        assert np.abs(np.load(tmp_path / "snippet.npy") - reference).max() < 1e-5, i
+
+
+def test_export_picks_best_when_recommended_and_refuses_to_clobber(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["test_resnet"], run)
+    (run / "report.json").write_text(json.dumps({"recommended": {"checkpoint": "epoch-0001"}}))
+    out = tmp_path / "export"
+    code, text, err = _cli(["export", str(run), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "epoch-0001 (best: recommended by report.json)" in text
+    code, text, err = _cli(["export", str(run), "--out", str(out)], capsys)
+    assert code == 2 and "not empty" in err and "--overwrite" in err
+    code, text, err = _cli(
+        ["export", str(run), "--out", str(out), "--checkpoint", "last", "--overwrite"], capsys
+    )
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["lejepa"]["source"]["checkpoint"] == (
+        "epoch-0002"
+    )
+
+
+def test_export_of_a_run_without_checkpoint_is_a_clear_error(runs, tmp_path, capsys):
+    run = tmp_path / "empty_run"
+    run.mkdir()
+    shutil.copy(runs["test_resnet"] / "config.yaml", run / "config.yaml")
+    code, _, err = _cli(["export", str(run), "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and "no checkpoint" in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnx") is None or importlib.util.find_spec("onnxruntime") is None,
+    reason="onnx and onnxruntime are not installed (pip install 'lejepa-cli[onnx]')",
+)
+@pytest.mark.parametrize("arch", ["test_resnet", "test_vit"])
+def test_onnx_export_matches_torch(arch, runs, tmp_path):
+    import onnxruntime
+    import torch
+
+    from lejepa_cli.artifacts import load_encoder
+    from lejepa_cli.export import export
+
+    out = export(runs[arch], tmp_path / "onnx", fmt="onnx")
+    encoder = load_encoder(out)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = encoder.backbone(x).numpy()
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"))
+    got = session.run(None, {"pixel_values": x.numpy()})[0]  # batch 3, traced with batch 2
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() < 1e-4
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnx") is not None, reason="onnx is installed")
+def test_onnx_without_the_package_says_how_to_install(runs, tmp_path):
+    from lejepa_cli.export import export
+
+    with pytest.raises(UsageError, match=r"pip install 'lejepa-cli\[onnx\]'"):
+        export(runs["test_resnet"], tmp_path / "x", fmt="onnx")
+
+
+def test_embed_npz_and_csv_with_relative_paths_and_a_bad_file(runs, tmp_path, capsys):
+    folder = _images(tmp_path / "imgs", count=4)
+    (folder / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    run = str(runs["test_resnet"])
+    code, text, err = _cli(
+        ["embed", run, str(folder), "--out", str(tmp_path / "e.npz"), "--device", "cpu"], capsys
+    )
+    assert code == 0, err
+    assert "wrote 4 embeddings of dimension 96" in text
+    assert "skipped 1 unreadable images" in text and "sub/broken.png" in text
+    saved = np.load(tmp_path / "e.npz")
+    assert saved["embeddings"].dtype == np.float32 and saved["embeddings"].shape == (4, 96)
+    assert saved["paths"].dtype.kind == "U"
+    assert sorted(saved["paths"].tolist()) == [
+        "img_0.png",
+        "img_2.png",
+        "sub/img_1.png",
+        "sub/img_3.png",
+    ]
+
+    code, text, err = _cli(
+        ["embed", run, str(folder), "--out", str(tmp_path / "e.csv"), "--workers", "0"], capsys
+    )
+    assert code == 0, err
+    lines = (tmp_path / "e.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header[0] == "path" and header[1:] == [f"e{i}" for i in range(96)] and len(lines) == 5
+    rows = {
+        line.split(",")[0]: np.array(line.split(",")[1:], dtype=np.float32) for line in lines[1:]
+    }
+    for path, vector in zip(saved["paths"], saved["embeddings"], strict=True):
+        np.testing.assert_array_equal(rows[str(path)], vector)  # 9 digits round-trip float32
+
+
+def test_embed_rejects_unknown_suffix_and_missing_pyarrow(runs, images, tmp_path, capsys):
+    run = str(runs["test_resnet"])
+    code, _, err = _cli(["embed", run, str(images), "--out", str(tmp_path / "e.txt")], capsys)
+    assert code == 2 and ".npz, .csv or .parquet" in err and "Traceback" not in err
+    if importlib.util.find_spec("pyarrow") is None:
+        code, _, err = _cli(
+            ["embed", run, str(images), "--out", str(tmp_path / "e.parquet")], capsys
+        )
+        assert code == 2 and "pip install pyarrow" in err
+
+
+def test_loading_refuses_weights_of_another_architecture(runs, tmp_path):
+    from lejepa_cli.artifacts import load_encoder
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["test_resnet"], run)
+    # a checkpoint copied in from the ViT run
+    shutil.copytree(
+        runs["test_vit"] / "checkpoints" / "epoch-0002", run / "checkpoints" / "epoch-0003"
+    )
+    with pytest.raises(CheckpointError, match="holds weights for test_vit, not test_resnet"):
+        load_encoder(run, "3")
+    # meta.json claims resnet but the tensors are a ViT's: the strict load says so
+    meta_path = run / "checkpoints" / "epoch-0003" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "arch": "test_resnet", "global_size": 32}))
+    with pytest.raises(CheckpointError, match="does not hold weights for test_resnet"):
+        load_encoder(run, "3")
+    # a damaged weights file
+    weights = run / "checkpoints" / "epoch-0002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_encoder(run, "2")
+    with pytest.raises(UsageError, match="neither a run directory"):
+        load_encoder(tmp_path)
