@@ -435,6 +435,54 @@ def probe_arrays(
     )[0]
 
 
+def probe_protocol(
+    x: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    classes: Sequence[str],
+    shots: Sequence[int | str] = (ALL,),
+    seeds: int = 3,
+    device: str = "cpu",
+    on_result: Callable[[int], None] | None = None,
+) -> dict[int | str, list[dict[str, Any]]]:
+    """The probe of `run_probe` on cached features: for every shots setting, one
+    `probe_arrays`-style result per seed. `on_result(n)` is called as n more results are done.
+
+    The learning rate is picked once per shots setting, on the first seed's training examples.
+    For 'all' the seeds share one training set, so their heads train in one batched pass.
+    """
+    out: dict[int | str, list[dict[str, Any]]] = {}
+    for s in shots:
+        if s == ALL:
+            lr = select_lr(x[train_idx], y[train_idx], len(classes), 0, device)
+            out[s] = _probe_many(
+                x[train_idx],
+                y[train_idx],
+                x[val_idx],
+                y[val_idx],
+                len(classes),
+                list(range(int(seeds))),
+                lr,
+                device,
+            )
+            if on_result:
+                on_result(len(out[s]))
+            continue
+        lr = None
+        out[s] = []
+        for seed in range(int(seeds)):
+            idx = train_idx[sample_shots(y[train_idx], int(s), seed)]
+            if lr is None:
+                lr = select_lr(x[idx], y[idx], len(classes), seed, device)
+            out[s].append(
+                probe_arrays(x[idx], y[idx], x[val_idx], y[val_idx], classes, seed, lr, device)
+            )
+            if on_result:
+                on_result(1)
+    return out
+
+
 def probe_backbone_on_csv(
     backbone: torch.nn.Module,
     spec: Any,
@@ -645,40 +693,19 @@ def run_probe(
                 notes.append(note)
     total = len(models) * len(shot_list) * int(seeds)
     done = 0
+
+    def tick(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress:
+            progress("probing", done, total)
+
     for name, _ in models:
-        x_all = features[name].features
-        for s in shot_list:
-            if s == ALL:
-                # one training set for every seed: the seeds vary the heads' initialisation only
-                idx = train_idx
-                lr = select_lr(x_all[idx], y_all[idx], len(classes), 0, dev)
-                results = _probe_many(
-                    x_all[idx],
-                    y_all[idx],
-                    x_all[val_idx],
-                    y_all[val_idx],
-                    len(classes),
-                    list(range(int(seeds))),
-                    lr,
-                    dev,
-                )
-                per_seed[(name, s)] = results
-                done += len(results)
-                if progress:
-                    progress("probing", done, total)
-                continue
-            lr = None
-            for seed in range(int(seeds)):
-                idx = train_idx[sample_shots(y_all[train_idx], int(s), seed)]
-                if lr is None:  # picked once per model and shots, on the first seed's examples
-                    lr = select_lr(x_all[idx], y_all[idx], len(classes), seed, dev)
-                res = probe_arrays(
-                    x_all[idx], y_all[idx], x_all[val_idx], y_all[val_idx], classes, seed, lr, dev
-                )
-                per_seed.setdefault((name, s), []).append(res)
-                done += 1
-                if progress:
-                    progress("probing", done, total)
+        runs = probe_protocol(
+            features[name].features, y_all, train_idx, val_idx, classes, shot_list, seeds, dev, tick
+        )
+        for s, results in runs.items():
+            per_seed[(name, s)] = results
 
     label_of = {
         "checkpoint": f"{encoder.source.get('checkpoint') or encoder.source['kind']}",
