@@ -20,6 +20,7 @@ prediction loss, a local mean, is divided by the world size to keep the total ex
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -38,7 +39,14 @@ from lejepa_cli import checkpoint, config, distributed
 from lejepa_cli.config import AUTO, PretrainConfig
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import DataError, DivergedError, Interrupted, RunDirError, UsageError
-from lejepa_cli.model import DataSpec, LeJEPAModel, build_backbone, data_spec, is_transformer
+from lejepa_cli.model import (
+    DataSpec,
+    LeJEPAModel,
+    build_backbone,
+    check_arch,
+    data_spec,
+    is_transformer,
+)
 from lejepa_cli.objective import lejepa_loss
 from lejepa_cli.progress import QuietReporter
 
@@ -70,6 +78,7 @@ class RunResult:
     last_loss: float | None
     skipped: int
     seconds: float
+    is_main: bool = True  # rank 0 (the process that reports)
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -137,7 +146,8 @@ def resolve_config(
             f"nothing to resume in {out_path}: it has no checkpoint; start a run there without "
             "--resume"
         )
-    saved = config.read_saved(out_path / CONFIG)
+    # --max-steps applies to one invocation: a resume runs on unless it is given again.
+    saved = config.read_saved(out_path / CONFIG).replace(max_steps=None)
     cfg = config.build(overrides, base=saved)
     changes = config.diff(saved, cfg)
     if changes and not force:
@@ -301,7 +311,13 @@ class TrainStep:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [device.index] if device.type == "cuda" else None
-            module = DDP(model, device_ids=ids, broadcast_buffers=False)
+            # BatchNorm statistics stay per rank (as in the reference recipe); newer torch
+            # spells the option forward_sync_buffers.
+            params = inspect.signature(DDP.__init__).parameters
+            sync = (
+                "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+            )
+            module = DDP(model, device_ids=ids, **{sync: False})
             module.register_comm_hook(None, _sum_gradients_hook)
         if cfg.compile:
             module = torch.compile(module)
@@ -348,7 +364,8 @@ class TrainStep:
         self.optimizer.zero_grad(set_to_none=True)
         backward_loss.backward()
         self.optimizer.step()
-        return {"loss": loss_value, "pred": float(pred), "sigreg": float(out.sigreg), "lr": lr}
+        sig = float(out.sigreg.detach())
+        return {"loss": loss_value, "pred": float(pred), "sigreg": sig, "lr": lr}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -489,6 +506,7 @@ def pretrain(
 
     started = time.time()
     cfg, changes = resolve_config(overrides, resume, force)
+    check_arch(cfg.arch)  # before any slow work: a typo should fail in a second
     requested_device = (
         cfg.device if cfg.device != AUTO else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -747,6 +765,7 @@ def pretrain(
             last_loss=last_loss,
             skipped=len(runlog.skipped),
             seconds=time.time() - started,
+            is_main=dist.is_main,
         )
     finally:
         distributed.shutdown()

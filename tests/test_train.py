@@ -242,10 +242,10 @@ def test_torchrun_two_processes_on_cpu(images, tmp_path):
     proc = subprocess.run(
         [
             sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-            "--master-port", "0", "-m", "lejepa_cli", "pretrain", str(images), "--out", str(run),
+            "--standalone", "-m", "lejepa_cli", "pretrain", str(images), "--out", str(run),
             "--epochs", "2", *TINY,
         ],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     # Only rank 0 writes: one metrics line per step, one checkpoint per epoch.

@@ -126,7 +126,7 @@ def pretrain(
     result = run_pretrain(
         overrides, resume=resume, overwrite=overwrite, force=force, reporter=reporter
     )
-    if not quiet:
+    if not quiet and result.is_main:
         state = "finished" if result.finished else f"stopped at step {result.step}"
         loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "-"
         typer.echo(
