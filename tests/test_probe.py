@@ -244,3 +244,26 @@ def test_probe_arrays_on_blobs_and_knn_vote():
 def test_parse_shots():
     assert parse_shots("1, 10,all,10") == [1, 10, "all"]
     assert parse_shots(["all"]) == ["all"]
+
+
+def test_probe_of_a_live_backbone_for_the_report_leaves_its_mode(data):
+    from lejepa_cli.artifacts import load_encoder
+    from lejepa_cli.probe import probe_backbone_on_csv
+
+    encoder = load_encoder(data["run"])
+    backbone = encoder.backbone.train()
+    res = probe_backbone_on_csv(backbone, encoder.spec, data["labels"], device="cpu")
+    assert backbone.training
+    assert res["num_classes"] == len(COLOURS) and res["num_val"] == 4 * len(COLOURS)
+    assert res["linear_balanced_accuracy"] >= 0.9 and res["knn_top1"] >= 0.9
+
+
+def test_integer_labels_sort_as_numbers(tmp_path):
+    from lejepa_cli.probe import _sort_classes, read_labels
+
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    csv_path = _write_csv(tmp_path / "l.csv", [("0.png", "10"), ("1.png", "2"), ("2.png", "1")])
+    paths, labels = read_labels(csv_path)
+    assert paths == [str((tmp_path / f"{i}.png").resolve()) for i in range(3)]
+    assert _sort_classes(labels) == ["1", "2", "10"]

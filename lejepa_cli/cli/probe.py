@@ -124,7 +124,9 @@ def probe(
         None, "--root", help="Folder the CSV paths are relative to (default: the CSV's folder)."
     ),
     shots: str = typer.Option(
-        "all", "--shots", help="Training examples per class, comma separated, e.g. 1,10,all."
+        "all",
+        "--shots",
+        help="Training examples per class, comma separated, e.g. 1,10,all (a class with fewer uses all it has, and the output says so).",
     ),
     seeds: int = typer.Option(
         3, "--seeds", help="Repeats per shots setting (sampling and head init); mean ± std."
