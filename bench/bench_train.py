@@ -56,7 +56,7 @@ def bare_loop(model: LeJEPAModel, cfg: PretrainConfig, device: torch.device, spe
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         opt.step()
-        return float(out.loss)
+        return float(out.loss.detach())
 
     return step
 

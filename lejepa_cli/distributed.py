@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -51,7 +52,9 @@ def init_from_env(device_type: str) -> DistInfo:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        # Rank 0 scores (and, with --labels, probes) kept checkpoints while the others wait at
+        # a barrier: allow that an hour rather than the default ten minutes.
+        dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
     return current()
 
 

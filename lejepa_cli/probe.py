@@ -490,11 +490,13 @@ def probe_backbone_on_csv(
     device: str | torch.device = "cpu",
     seed: int = 0,
     batch_size: int = 64,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """One linear + kNN probe of a live backbone on all of a labels CSV (fixed stratified split).
 
     For the model-selection report, which probes every kept checkpoint: flat metrics such as
-    `linear_top1` and `knn_top1`. The backbone's train/eval mode is left as it was.
+    `linear_top1` and `knn_top1`. The backbone's train/eval mode is left as it was. `lr=None`
+    searches the learning rate; a fixed `lr` is faster and keeps checkpoints comparable.
     """
     from lejepa_cli.artifacts import Encoder
     from lejepa_cli.features import probe_features
@@ -517,7 +519,7 @@ def probe_backbone_on_csv(
     train_idx, val_idx = stratified_split(y[keep], VAL_FRACTION, SPLIT_SEED, classes)
     train_idx, val_idx = keep[train_idx], keep[val_idx]
     res = probe_arrays(
-        x[train_idx], y[train_idx], x[val_idx], y[val_idx], classes, seed, device=str(device)
+        x[train_idx], y[train_idx], x[val_idx], y[val_idx], classes, seed, lr=lr, device=str(device)
     )
     out: dict[str, Any] = {
         "num_train": res["num_train"],

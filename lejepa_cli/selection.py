@@ -66,6 +66,7 @@ DECODE_THREADS = max(1, min(8, (os.cpu_count() or 1) // 2))  # held-out images d
 
 SELECTION_FILE = "selection.jsonl"  # run-level history: survives deleted checkpoints
 HELDOUT_FILE = "heldout.json"  # the score, next to the checkpoint it scores
+REPORT_PROBE_LR = 1e-2  # linear-probe learning rate for the per-checkpoint probe with --labels
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 
@@ -271,7 +272,10 @@ def probe_checkpoint(model, cfg, spec, device: torch.device) -> dict[str, Any]:
 
     was_training = model.training
     try:  # the probe trains its heads: no torch.no_grad() around it
-        return probe_backbone_on_csv(model.backbone, spec, Path(cfg.labels), device=device)
+        # One fixed learning rate for every checkpoint: comparable numbers, no search per probe.
+        return probe_backbone_on_csv(
+            model.backbone, spec, Path(cfg.labels), device=device, lr=REPORT_PROBE_LR
+        )
     finally:
         model.train(was_training)
 

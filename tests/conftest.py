@@ -8,6 +8,8 @@ import pytest
 
 # Two cores on CI: keep torch from oversubscribing when several tests spawn processes.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# A bug inside model selection must fail the tests, not just be logged (as it is for users).
+os.environ.setdefault("LEJEPA_STRICT_SELECTION", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ def _kind_of(path: Path) -> str:
             f"{path} is a file; inspect takes an image folder, a run directory, an exported "
             "model directory or a checkpoint (.safetensors or a checkpoint folder)"
         )
-    if (path / "config.yaml").is_file() and (path / "checkpoints").is_dir():
+    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
         return "run"
     if (path / "model.safetensors").is_file():
         if (path / "config.json").is_file():
