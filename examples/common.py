@@ -529,6 +529,13 @@ def pipeline(
     probe = json.loads(probe_json.read_text())
     table = results_table(probe, supervised)
     lines = budget_lines(run_dir, supervised)
+    src = probe.get("source", {})
+    lines.append(
+        f"probe: checkpoint {src.get('checkpoint', '?')}, {probe.get('feature_dim', '?')}-d "
+        f"features, {len(probe.get('classes', []))} classes, "
+        f"{sum(probe.get('train_counts', {}).values())} training / "
+        f"{sum(probe.get('val_counts', {}).values())} test images"
+    )
     heads = headline(probe, supervised)
     report = run_dir / "report.html"
     summary = "\n".join(
