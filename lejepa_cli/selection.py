@@ -60,7 +60,7 @@ LAM_FLOOR = 1e-4  # lam = 0 (no SIGReg) would divide by zero: it counts as this
 HOLDOUT_CROP_SEED = 0x4E1D0  # with the image's position in the holdout, seeds its crops
 HELDOUT_DIRECTIONS_STEP = 10**12  # SIGReg directions of the held-out score: one constant draw
 HELDOUT_SLICES = 1024  # directions of the held-out score, whatever the run's --num-slices
-SCORE_VERSION = 1  # bump when the score's definition changes: old and new do not compare
+SCORE_VERSION = 2  # bump when the score's definition changes: old and new do not compare
 EVAL_CHUNK = 64  # held-out images per forward pass
 DECODE_THREADS = max(1, min(8, (os.cpu_count() or 1) // 2))  # held-out images decoded at once
 
@@ -183,10 +183,35 @@ def _autocast(device: torch.device, cfg):
     return contextlib.nullcontext()
 
 
-def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> HeldoutResult:
-    """The LeJEPA loss of `model` on the fixed held-out crops, in eval mode, without gradients.
+@contextlib.contextmanager
+def _batch_statistics(model):
+    """Eval mode, except that BatchNorm normalises with each batch's own statistics.
 
-    The model's train/eval mode is restored afterwards. The loss is computed on the whole
+    That is how the training loss is computed. Evaluating with the running statistics instead
+    scores a different function: on real data (ELPV, resnet18) that held-out loss rose while the
+    training loss fell, and it ranked the earliest checkpoint best. The running statistics are
+    restored afterwards, so training is not disturbed.
+    """
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    saved = {name: buf.clone() for name, buf in model.named_buffers()}
+    model.eval()
+    for module in model.modules():
+        if isinstance(module, _BatchNorm):
+            module.train()
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, buf in model.named_buffers():
+                buf.copy_(saved[name])
+
+
+def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> HeldoutResult:
+    """The LeJEPA loss of `model` on the fixed held-out crops, without gradients.
+
+    Dropout and drop-path are off; BatchNorm uses batch statistics as in training (see
+    `_batch_statistics`); the model's mode and buffers are restored afterwards. The loss is computed on the whole
     holdout at once (N = holdout size) with the fixed directions, on this process alone.
     """
     from lejepa_cli.data.decode import DecodeError
@@ -211,14 +236,16 @@ def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> Heldout
     # Pillow decodes outside the GIL: a few threads hide most of the decoding. Each image's
     # crops depend on its position only, so the result does not depend on the threads.
     pool = ThreadPoolExecutor(max_workers=DECODE_THREADS)
-    model.eval()
     try:
-        with torch.no_grad():
-            for start in range(0, len(holdout), EVAL_CHUNK):
+        with _batch_statistics(model), torch.no_grad():
+            # Near-equal chunks: batch statistics need more than one image per chunk.
+            chunks = max(1, math.ceil(len(holdout) / EVAL_CHUNK))
+            bounds = np.linspace(0, len(holdout), chunks + 1).round().astype(int)
+            for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
                 crops = []
-                for got in pool.map(load, range(start, min(start + EVAL_CHUNK, len(holdout)))):
+                for got in pool.map(load, range(int(start), int(stop))):
                     (skipped if isinstance(got, str) else crops).append(got)
-                if not crops:
+                if len(crops) < 2:  # nothing, or one image whose batch statistics are undefined
                     continue
                 g = torch.stack([c["global_crops"] for c in crops], dim=1)  # (Vg, b, 3, G, G)
                 g = normalize(g.to(device), spec.mean, spec.std)

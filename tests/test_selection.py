@@ -97,12 +97,16 @@ def test_score_is_deterministic_and_leaves_training_state_alone(world, tmp_path)
     torch.manual_seed(123)
     rng_before = torch.get_rng_state()
     np_before = np.random.get_state()[1].copy()
+    buffers_before = {k: v.clone() for k, v in model.named_buffers()}
     first = selection.after_checkpoint(
         run, ckpt, model, world["holdout"], cfg, spec, torch.device("cpu"), strict=True
     )
     assert model.training, "the model must be handed back in train mode"
     assert torch.equal(torch.get_rng_state(), rng_before), "training's random stream changed"
     assert np.array_equal(np.random.get_state()[1], np_before)
+    # Batch statistics are used for the score, but the running statistics stay as trained.
+    for name, buf in model.named_buffers():
+        assert torch.equal(buf, buffers_before[name]), name
     second = selection.after_checkpoint(
         run, ckpt, model, world["holdout"], cfg, spec, torch.device("cpu"), strict=True
     )
