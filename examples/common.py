@@ -504,7 +504,9 @@ def pipeline(
     if (export_dir / "model.safetensors").is_file():
         print(f"\nencoder already exported: {export_dir}")
     else:
-        lejepa("export", run_dir, "--out", export_dir)
+        # The checkpoint the table reports on (the last); `lejepa inspect RUN` shows the
+        # label-free recommendation, which `lejepa export` takes when no --checkpoint is given.
+        lejepa("export", run_dir, "--out", export_dir, "--checkpoint", "last")
     lejepa("inspect", run_dir)
 
     supervised = None
