@@ -2,11 +2,13 @@
 and the results table.
 
 The examples drive the product the way a user does, through its command line; nothing here imports
-the engine's training, probing or export code. The supervised reference is plain torch + timm.
+the engine's training, probing or export code. The supervised reference is plain torch + timm,
+scored by the same metric function as `lejepa probe` so that the table compares like with like.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -116,32 +118,6 @@ def read_labels(csv_path: Path) -> tuple[list[Path], list[str]]:
     return [base / r["path"] for r in rows], [r["label"] for r in rows]
 
 
-def classification_metrics(y_true, y_pred, num_classes: int) -> dict[str, Any]:
-    """Top-1, balanced accuracy (mean recall over the classes present), macro-F1 (over classes
-    that are true or predicted), per-class accuracy and the confusion matrix."""
-    import numpy as np
-
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    support = confusion.sum(1)
-    predicted = confusion.sum(0)
-    tp = np.diag(confusion)
-    present = support > 0
-    recall = np.where(present, tp / np.maximum(support, 1), np.nan)
-    precision = tp / np.maximum(predicted, 1)
-    f1 = np.where(tp > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    used = present | (predicted > 0)
-    return {
-        "top1": float((y_true == y_pred).mean()),
-        "balanced_accuracy": float(np.nanmean(recall[present])),
-        "macro_f1": float(f1[used].mean()),
-        "per_class_accuracy": [None if np.isnan(r) else float(r) for r in recall],
-        "confusion": confusion.tolist(),
-    }
-
-
 def train_supervised(
     train_csv: Path,
     test_csv: Path,
@@ -170,6 +146,7 @@ def train_supervised(
     from torchvision.transforms import v2
 
     from lejepa_cli.data.decode import load_rgb
+    from lejepa_cli.probe import classification_metrics
 
     torch.manual_seed(seed)
     train_paths, train_labels = read_labels(train_csv)
@@ -296,8 +273,6 @@ def matched_epochs(run_dir: Path, num_train: int, budget: str) -> tuple[int, dic
 
 def supervised_main(default_train: Path, default_test: Path, default_out: Path) -> None:
     """The command line of each example's supervised.py."""
-    import argparse
-
     parser = argparse.ArgumentParser(
         description="Supervised reference: the same architecture trained from scratch on the "
         "labelled training split, evaluated on the test split."
@@ -308,8 +283,8 @@ def supervised_main(default_train: Path, default_test: Path, default_out: Path) 
     parser.add_argument(
         "--budget",
         choices=("images", "compute"),
-        default="images",
-        help="with --match-run: same images processed, or same backbone pixels (FLOPs)",
+        default="compute",
+        help="with --match-run: same backbone pixels as pretraining (FLOPs), or same images",
     )
     parser.add_argument("--arch", default=None)
     parser.add_argument("--size", type=int, default=None)
@@ -467,6 +442,25 @@ def budget_lines(run_dir: Path, supervised: dict[str, Any] | None) -> list[str]:
 # ----------------------------------------------------------------------------- the whole example
 
 
+def run_arguments(doc: str, here: Path, presets: dict[str, Any]) -> argparse.ArgumentParser:
+    """The command line both examples' run.py share; each adds its dataset's own options."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(presets), default="full")
+    parser.add_argument("--data", type=Path, default=here / "data", help="prepared folder")
+    parser.add_argument("--runs", type=Path, default=here / "runs", help="where runs are written")
+    parser.add_argument("--no-supervised", action="store_true", help="skip the reference")
+    parser.add_argument(
+        "--supervised-budget", choices=("images", "compute"), default="compute",
+        help="same backbone pixels as pretraining (FLOPs, default) or same images processed",
+    )  # fmt: skip
+    return parser
+
+
+def preset_flags(preset: dict[str, Any]) -> list[str]:
+    """`lejepa pretrain` flags of a preset's {flag name: value}."""
+    return [part for k, v in preset["pretrain"].items() for part in (f"--{k}", str(v))]
+
+
 def pipeline(
     *,
     name: str,
@@ -475,7 +469,7 @@ def pipeline(
     pretrain_flags: list[str],
     probe_seeds: int,
     supervised_script: Path | None,
-    supervised_budget: str = "images",
+    supervised_budget: str = "compute",
     threads: int | None = None,
 ) -> dict[str, Any]:
     """pretrain -> probe against random init -> export -> inspect -> supervised -> table.
@@ -510,7 +504,7 @@ def pipeline(
     lejepa("inspect", run_dir)
 
     supervised = None
-    sup_json = run_dir.with_name(run_dir.name + "-supervised.json")
+    sup_json = run_dir.with_name(f"{run_dir.name}-supervised-{supervised_budget}.json")
     if supervised_script is not None:
         if sup_json.is_file():
             print(f"\nsupervised reference already trained: {sup_json}")

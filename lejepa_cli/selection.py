@@ -493,7 +493,36 @@ def label_correlation(ranked: list[dict[str, Any]]) -> dict[str, Any] | None:
             "the score or the accuracy is the same at every probed checkpoint: "
             "there is no order to correlate"
         )
+    else:
+        noise = _accuracy_noise(rows)
+        if noise is not None:
+            out.update(noise)
+            if noise["linear_top1_spread"] < noise["linear_top1_noise"]:
+                out["note"] = (
+                    f"linear top-1 spans {100 * noise['linear_top1_spread']:.1f} points across "
+                    f"checkpoints, within its sampling noise ({100 * noise['linear_top1_noise']:.1f}"
+                    f" points on {noise['num_val']} images): the correlation says little here"
+                )
     return out
+
+
+def _accuracy_noise(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Spread of linear top-1 across checkpoints and the noise a difference of two accuracies
+    measured on the same n validation images has by chance (two standard errors of the
+    difference, 2 * sqrt(2 p (1 - p) / n)); None without the counts."""
+    acc = [e["probe"].get("linear_top1") for e in rows]
+    n = [e["probe"].get("num_val") for e in rows]
+    if any(not isinstance(a, (int, float)) for a in acc) or not all(
+        isinstance(v, int) and v > 0 for v in n
+    ):
+        return None
+    p = float(np.mean(acc))
+    num_val = min(n)
+    return {
+        "num_val": num_val,
+        "linear_top1_spread": float(max(acc) - min(acc)),
+        "linear_top1_noise": 2.0 * math.sqrt(2.0 * p * (1.0 - p) / num_val),
+    }
 
 
 # ----------------------------------------------------------------------------- comparing runs

@@ -197,18 +197,6 @@ def test_fmnist_prepare_names_the_missing_files(tmp_path):
 # ----------------------------------------------------------------------------- results table
 
 
-def test_classification_metrics_match_hand_counts():
-    y_true = np.array([0, 0, 0, 1, 1, 2])
-    y_pred = np.array([0, 0, 1, 1, 0, 1])
-    m = common.classification_metrics(y_true, y_pred, 3)
-    assert m["top1"] == pytest.approx(3 / 6)
-    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
-    f1_0 = 2 * (2 / 3) * (2 / 3) / (4 / 3)
-    f1_1 = 2 * (1 / 3) * (1 / 2) / (1 / 3 + 1 / 2)
-    assert m["macro_f1"] == pytest.approx((f1_0 + f1_1 + 0) / 3)
-    assert m["confusion"] == [[2, 1, 0], [1, 1, 0], [0, 1, 0]]
-
-
 def test_results_table_reads_probe_json_rows():
     def row(model, shots, bal):
         metric = {"mean": bal, "std": 0.01, "values": [bal - 0.01, bal + 0.01]}

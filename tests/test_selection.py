@@ -276,6 +276,18 @@ def test_label_probe_and_correlation(world, tmp_path):
     flat = [{**e, "probe": {"linear_top1": 1.0, "knn_top1": 1.0}} for e in ranked]
     corr = selection.label_correlation(flat)
     assert corr["spearman_linear_top1"] is None and "no order" in corr["note"]
+    # accuracies that differ by less than their sampling noise: said so
+    close = [
+        {"score_source": "heldout", "score": s, "probe": {"linear_top1": a, "knn_top1": a,
+                                                           "num_val": 400}}
+        for s, a in ((1.0, 0.70), (2.0, 0.69), (3.0, 0.71), (4.0, 0.68))
+    ]  # fmt: skip
+    corr = selection.label_correlation(close)
+    assert corr["linear_top1_spread"] == pytest.approx(0.03)
+    assert corr["linear_top1_noise"] == pytest.approx(2 * (2 * 0.695 * 0.305 / 400) ** 0.5)
+    assert "sampling noise" in corr["note"] and "400 images" in corr["note"]
+    far = [{**e, "probe": {**e["probe"], "num_val": 40000}} for e in close]
+    assert "note" not in selection.label_correlation(far)
 
 
 # ----------------------------------------------------------------------------- diagnostics

@@ -10,7 +10,7 @@ Presets (all on the 4-class labels; crops are small because a 2-core CPU is the 
 
     full  resnet18, 64 px global / 32 px local crops, batch 64, 16 epochs, a checkpoint kept
           every 2 epochs and probed with the training labels for the model-selection report;
-          probe with 5 seeds; supervised reference on the same number of images
+          probe with 5 seeds; supervised reference with the same compute (backbone pixels)
     demo  the same model and crops for 3 epochs, no labels in the report; probe with 3 seeds;
           no supervised reference
     tiny  a smoke test on a 200-cell subset (see tests/test_examples.py)
@@ -18,14 +18,13 @@ Presets (all on the 4-class labels; crops are small because a 2-core CPU is the 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import pipeline  # noqa: E402
+from common import pipeline, preset_flags, run_arguments  # noqa: E402
 from prepare import prepare  # noqa: E402
 
 # Pretraining flags of each preset (flag name -> value, as typed after `lejepa pretrain`).
@@ -61,22 +60,14 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    parser.add_argument("--data", type=Path, default=HERE / "data", help="prepared folder")
-    parser.add_argument("--runs", type=Path, default=HERE / "runs", help="where runs are written")
+    parser = run_arguments(__doc__, HERE, PRESETS)
     parser.add_argument("--limit", type=int, default=None, help="use a stratified subset")
-    parser.add_argument("--no-supervised", action="store_true", help="skip the reference")
-    parser.add_argument(
-        "--supervised-budget", choices=("images", "compute"), default="images",
-        help="same images processed as pretraining, or same backbone pixels (FLOPs)",
-    )  # fmt: skip
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
 
     summary = prepare(args.data, limit=args.limit)
     print(f"elpv: {summary['images']} cells in {summary['out']}")
-    flags = [part for k, v in preset["pretrain"].items() for part in (f"--{k}", str(v))]
+    flags = preset_flags(preset)
     if preset["labels_in_report"]:
         flags += ["--labels", str(args.data / "train.csv")]
     supervised = preset["supervised"] and not args.no_supervised

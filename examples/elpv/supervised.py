@@ -4,9 +4,9 @@ with labels on train.csv and evaluated on test.csv (top-1, balanced accuracy, ma
     python examples/elpv/supervised.py --match-run examples/elpv/runs/full
     python examples/elpv/supervised.py --arch resnet18 --size 64 --epochs 15
 
-With --match-run, the architecture, input size and budget follow the run: `--budget images`
-(default) trains on as many images as pretraining processed, `--budget compute` on as many
-backbone pixels (forward and backward) as pretraining's global and local views took.
+With --match-run, the architecture, input size and budget follow the run: `--budget compute`
+(default) trains on as many backbone pixels (forward and backward) as pretraining's global and
+local views took, `--budget images` on as many images as pretraining processed.
 """
 
 from __future__ import annotations
@@ -23,5 +23,5 @@ if __name__ == "__main__":
     supervised_main(
         default_train=HERE / "data" / "train.csv",
         default_test=HERE / "data" / "test.csv",
-        default_out=HERE / "runs" / "supervised.json",
+        default_out=HERE / "runs" / "supervised-compute.json",
     )

@@ -10,20 +10,19 @@ Presets (the 28 px images are used at 32 px global / 16 px local, what `auto` pi
 
     full  resnet18 on the 10,000-image balanced training subset, batch 128, 4 epochs, a checkpoint
           kept every epoch; probe on the official 10,000 test images with 5 seeds; supervised
-          reference on the same number of images
+          reference with the same compute (backbone pixels)
     quick the same for 1 epoch with 3 seeds, to try the pipeline
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from common import pipeline  # noqa: E402
+from common import pipeline, preset_flags, run_arguments  # noqa: E402
 from prepare import DEFAULT_SOURCE, prepare  # noqa: E402
 
 # Pretraining flags of each preset (flag name -> value, as typed after `lejepa pretrain`).
@@ -35,24 +34,16 @@ PRESETS = {
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser = run_arguments(__doc__, HERE, PRESETS)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the IDX files")
-    parser.add_argument("--data", type=Path, default=HERE / "data", help="prepared folder")
-    parser.add_argument("--runs", type=Path, default=HERE / "runs", help="where runs are written")
     parser.add_argument("--train", type=int, default=10000, help="training images (balanced)")
     parser.add_argument("--test", type=int, default=10000, help="test images (balanced)")
-    parser.add_argument("--no-supervised", action="store_true", help="skip the reference")
-    parser.add_argument(
-        "--supervised-budget", choices=("images", "compute"), default="images",
-        help="same images processed as pretraining, or same backbone pixels (FLOPs)",
-    )  # fmt: skip
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
 
     summary = prepare(args.data, args.source, args.train, args.test)
     print(f"fashion-mnist: {summary['images']} images in {summary['out']}")
-    flags = [part for k, v in preset["pretrain"].items() for part in (f"--{k}", str(v))]
+    flags = preset_flags(preset)
     return pipeline(
         name=f"Fashion-MNIST, 10 classes ({args.preset})",
         data=args.data,

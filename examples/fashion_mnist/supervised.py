@@ -5,9 +5,9 @@ macro-F1).
     python examples/fashion_mnist/supervised.py --match-run examples/fashion_mnist/runs/full
     python examples/fashion_mnist/supervised.py --arch resnet18 --size 32 --epochs 5
 
-With --match-run, the architecture, input size and budget follow the run: `--budget images`
-(default) trains on as many images as pretraining processed, `--budget compute` on as many
-backbone pixels (forward and backward) as pretraining's global and local views took.
+With --match-run, the architecture, input size and budget follow the run: `--budget compute`
+(default) trains on as many backbone pixels (forward and backward) as pretraining's global and
+local views took, `--budget images` on as many images as pretraining processed.
 """
 
 from __future__ import annotations
@@ -24,5 +24,5 @@ if __name__ == "__main__":
     supervised_main(
         default_train=HERE / "data" / "train.csv",
         default_test=HERE / "data" / "test.csv",
-        default_out=HERE / "runs" / "supervised.json",
+        default_out=HERE / "runs" / "supervised-compute.json",
     )
