@@ -584,10 +584,11 @@ def render_html(report: dict[str, Any], rows: list[dict[str, Any]], ranked: list
     sel = report["selection"]
     out.append("<h2>How checkpoints are scored and compared</h2>")
     out.append(
-        "<p>At every kept checkpoint the model is evaluated in eval mode on a fixed held-out "
-        "subset of the images (the same files in every run on this folder), with fixed crops "
-        "(the run's multi-crop recipe, seeded by each image's position in the holdout) and fixed "
-        "SIGReg directions. Held-out loss = (1 &minus; lam) &middot; pred + lam &middot; sigreg; "
+        "<p>At every kept checkpoint the model is evaluated without gradients (dropout off, "
+        "BatchNorm on batch statistics as in training) on a fixed held-out subset of the images "
+        "(the same files in every run on this folder), with fixed crops (the run's multi-crop "
+        "recipe, seeded by each image's position in the holdout) and fixed SIGReg directions."
+        " Held-out loss = (1 &minus; lam) &middot; pred + lam &middot; sigreg; "
         f"checkpoints rank by <code>loss / lam^{sel['alpha']}</code>, lower first (the paper's "
         "Eq. 8), with collapsed checkpoints last.</p>"
         f"<p>Scores compare across runs when they share the {html.escape(sel['comparable_when'])}."

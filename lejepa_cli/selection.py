@@ -3,7 +3,8 @@
 The LeJEPA loss tracks downstream accuracy (Balestriero & LeCun, arXiv:2511.08544, section 6.2),
 so a checkpoint can be chosen without labels. Training-batch losses are too noisy for that: every
 step sees other images, other crops and other SIGReg directions. At every kept checkpoint the
-trainer calls `after_checkpoint`, which evaluates the model in eval mode on
+trainer calls `after_checkpoint`, which evaluates the model without gradients (dropout and
+drop-path off, BatchNorm on batch statistics as in training, its running statistics restored) on
 
 - a fixed held-out subset of the user's images (`split_holdout`: the images whose relative paths
   have the smallest crc32, so it depends on the folder only, never on the seed, and every run on
@@ -211,8 +212,9 @@ def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> Heldout
     """The LeJEPA loss of `model` on the fixed held-out crops, without gradients.
 
     Dropout and drop-path are off; BatchNorm uses batch statistics as in training (see
-    `_batch_statistics`); the model's mode and buffers are restored afterwards. The loss is computed on the whole
-    holdout at once (N = holdout size) with the fixed directions, on this process alone.
+    `_batch_statistics`); the model's mode and buffers are restored afterwards. The loss is
+    computed on the whole holdout at once (N = holdout size) with the fixed directions, on this
+    process alone.
     """
     from lejepa_cli.data.decode import DecodeError
     from lejepa_cli.data.multicrop import MultiCrop, normalize

@@ -68,3 +68,24 @@ def test_debug_shows_the_traceback(monkeypatch):
     monkeypatch.setattr(app_module, "app", fail)
     with pytest.raises(LejepaError):
         main(["--debug", "anything"])
+
+
+def test_command_help_reflows_docstring_paragraphs():
+    from lejepa_cli.cli import app
+    from lejepa_cli.cli.base import reflow_help
+
+    assert reflow_help("First line.\n\n    Two\n    lines.\n\n    Next.") == (
+        "First line.\n\nTwo lines.\n\nNext."
+    )
+    helps = {info.callback.__name__: info.help for info in app.registered_commands}
+    assert len(helps) == 5 and all(helps.values())
+    for text in helps.values():
+        assert all("\n" not in p for p in text.split("\n\n")), text
+
+
+def test_each_command_help_exits_zero_and_names_its_arguments():
+    for command, metavar in (("pretrain", "[DATA]"), ("probe", "RUN_OR_EXPORT"),
+                             ("export", "RUN"), ("embed", "FOLDER"), ("inspect", "paths")):  # fmt: skip
+        proc = _run(command, "--help")
+        assert proc.returncode == 0, proc.stderr
+        assert f"lejepa {command}" in proc.stdout and metavar in proc.stdout

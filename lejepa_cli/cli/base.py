@@ -6,6 +6,7 @@ Command modules register on `app` and call into the library. Nothing here import
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 
@@ -25,6 +26,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def reflow_help(doc: str) -> str:
+    """A docstring as command help: paragraphs kept, the line breaks inside each one removed."""
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
 
 def _version(value: bool) -> None:

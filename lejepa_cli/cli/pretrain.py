@@ -12,7 +12,9 @@ from lejepa_cli.cli.base import app
 @app.command(no_args_is_help=True)
 def pretrain(
     data: Path | None = typer.Argument(
-        None, help="Folder of images (searched recursively). Optional with --resume."
+        None,
+        metavar="DATA",
+        help="Folder of images (searched recursively). Optional with --resume.",
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory to write."),
     arch: str | None = typer.Option(None, help="Any timm architecture.", show_default="resnet18"),
