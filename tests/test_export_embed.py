@@ -216,10 +216,10 @@ def test_onnx_export_matches_torch(arch, runs, tmp_path):
     assert np.abs(got - expected).max() < 1e-4
 
 
-@pytest.mark.skipif(importlib.util.find_spec("onnx") is not None, reason="onnx is installed")
-def test_onnx_without_the_package_says_how_to_install(runs, tmp_path):
+def test_onnx_without_the_package_says_how_to_install(runs, tmp_path, monkeypatch):
     from lejepa_cli.export import export
 
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
     with pytest.raises(UsageError, match=r"pip install 'lejepa-cli\[onnx\]'"):
         export(runs["test_resnet"], tmp_path / "x", fmt="onnx")
 
