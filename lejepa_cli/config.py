@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,25 @@ from lejepa_cli import __version__
 from lejepa_cli.errors import UsageError
 
 AUTO = "auto"
+
+# The recipe's augmentation settings per view, as in `lejepa_cli.data.multicrop.MultiCropConfig`
+# (a test keeps the two equal). Counts, sizes and scales of the views have flags of their own;
+# these are set with `--augment KEY=VALUE` or an `augment:` mapping in run.yaml.
+AUGMENT_DEFAULTS: dict[str, Any] = {
+    "ratio": [3 / 4, 4 / 3],  # crop aspect-ratio range (w / h)
+    "hflip_p": 0.5,
+    "jitter_p": 0.8,
+    "brightness": 0.4,
+    "contrast": 0.4,
+    "saturation": 0.2,
+    "hue": 0.1,
+    "grayscale_p": 0.2,
+    "blur_p": 0.5,
+    "blur_sigma": [0.1, 2.0],  # pixels of the output view
+    "solarize_p": 0.2,
+    "solarize_threshold": 128,
+}
+_AUGMENT_PAIRS = ("ratio", "blur_sigma")
 
 
 @dataclass(frozen=True)
@@ -44,6 +63,7 @@ class PretrainConfig:
     local_size: int | str = AUTO
     global_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop area fraction
     local_scale: tuple[float, float] = (0.05, 0.3)
+    augment: dict[str, Any] = field(default_factory=lambda: dict(AUGMENT_DEFAULTS))
     seed: int = 0
     workers: int | str = AUTO  # DataLoader workers per process
     device: str = AUTO  # auto: cuda when available, else cpu
@@ -80,8 +100,54 @@ def _fail_unknown(keys: list[str], where: str) -> None:
     raise UsageError(f"unknown key {', '.join(parts)} in {where}; keys mirror the flags")
 
 
+def _coerce_augment(value: Any) -> dict[str, Any]:
+    """`--augment` values ("KEY=VALUE" strings, repeatable) or a run.yaml mapping, type-checked;
+    only the keys given (ranges are checked by MultiCropConfig in `validate`)."""
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, (list, tuple)):
+        pairs = {}
+        for item in value:
+            key, sep, text = str(item).partition("=")
+            if not sep:
+                raise UsageError(f"--augment takes KEY=VALUE (e.g. blur_p=0), got {item!r}")
+            pairs[key.strip().replace("-", "_")] = text.strip()
+        value = pairs
+    if not isinstance(value, dict):
+        raise UsageError(f"augment must be a mapping of settings, got {value!r}")
+    out = {}
+    for key, raw in value.items():
+        key = str(key).replace("-", "_")
+        if key not in AUGMENT_DEFAULTS:
+            close = difflib.get_close_matches(key, list(AUGMENT_DEFAULTS), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UsageError(
+                f"unknown augment setting '{key}'{hint}; settings: {', '.join(AUGMENT_DEFAULTS)}"
+            )
+        try:
+            if key in _AUGMENT_PAIRS:
+                if isinstance(raw, str):
+                    raw = [v for v in raw.replace(" ", "").split(",") if v]
+                lo, hi = (float(v) for v in raw)
+                out[key] = [lo, hi]
+            elif isinstance(AUGMENT_DEFAULTS[key], int):
+                if isinstance(raw, float) and not raw.is_integer():
+                    raise ValueError
+                out[key] = int(raw)
+            else:
+                out[key] = float(raw)
+        except (TypeError, ValueError):
+            shape = "two numbers, e.g. 0.1,2.0" if key in _AUGMENT_PAIRS else "a number"
+            raise UsageError(
+                f"invalid augment value {raw!r} for {key} (expected {shape})"
+            ) from None
+    return out
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Type-check one value against the field's annotation, accepting 'auto' where allowed."""
+    if name == "augment":
+        return _coerce_augment(value if value is not None else {})
     default = _FIELDS[name].default
     annotation = str(_FIELDS[name].type)
     if value is None:
@@ -121,7 +187,10 @@ def build(overrides: dict[str, Any], base: PretrainConfig | None = None) -> Pret
     if unknown:
         _fail_unknown(unknown, "the configuration")
     changes = {k: _coerce(k, v) for k, v in overrides.items() if v is not None}
-    cfg = dataclasses.replace(base or PretrainConfig(), **changes)
+    base = base or PretrainConfig()
+    if "augment" in changes:  # settings given update the base's, one key at a time
+        changes["augment"] = {**base.augment, **changes["augment"]}
+    cfg = dataclasses.replace(base, **changes)
     validate(cfg)
     return cfg
 
@@ -147,12 +216,22 @@ def validate(cfg: PretrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    if cfg.augment != AUGMENT_DEFAULTS:  # ranges and probabilities, checked where they are used
+        from lejepa_cli.data.multicrop import MultiCropConfig
+
+        MultiCropConfig(**augment_kwargs(cfg.augment))
     for name in ("global_size", "local_size", "workers", "keep_every", "holdout"):
         value = getattr(cfg, name)
         minimum = 0 if name in ("workers", "holdout") else (1 if name == "keep_every" else 8)
         if value != AUTO and int(value) < minimum:
             flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} must be 'auto' or at least {minimum}")
+
+
+def augment_kwargs(augment: dict[str, Any]) -> dict[str, Any]:
+    """A config's augment mapping as MultiCropConfig keyword arguments (pairs as tuples)."""
+    full = {**AUGMENT_DEFAULTS, **augment}
+    return {k: tuple(v) if k in _AUGMENT_PAIRS else v for k, v in full.items()}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -187,8 +266,15 @@ def diff(
     old: PretrainConfig, new: PretrainConfig, ignore=RUNTIME_KEYS
 ) -> list[tuple[str, Any, Any]]:
     """(key, old, new) for every result-changing key that differs."""
-    a, b = old.to_dict(), new.to_dict()
+    a, b = _flat(old.to_dict()), _flat(new.to_dict())
     return [(k, a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]]
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    """augment settings as their own keys ("augment.blur_p"), so a diff names the one changed."""
+    out = {k: v for k, v in d.items() if k != "augment"}
+    out.update({f"augment.{k}": v for k, v in d.get("augment", {}).items()})
+    return out
 
 
 def resolve_weight_decay(cfg: PretrainConfig, transformer: bool) -> float:

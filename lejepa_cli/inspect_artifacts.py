@@ -389,6 +389,14 @@ def render_item(item: dict[str, Any], console) -> None:
         render_weights(item, console)
 
 
+def _augment_changes(augment: dict[str, Any] | None) -> str:
+    """The augmentation settings that differ from the recipe, as 'key=value, ...'."""
+    from lejepa_cli.config import AUGMENT_DEFAULTS
+
+    changed = {k: v for k, v in (augment or {}).items() if AUGMENT_DEFAULTS.get(k) != v}
+    return ", ".join(f"{k}={v}" for k, v in changed.items())
+
+
 def render_run(item: dict[str, Any], console) -> None:
     from rich.table import Table
 
@@ -404,6 +412,9 @@ def render_run(item: dict[str, Any], console) -> None:
         highlight=False,
     )
     console.print(f"  data: {_esc(cfg.get('data'))}", highlight=False)
+    changed = _augment_changes(cfg.get("augment"))
+    if changed:
+        console.print(f"  augmentation (recipe otherwise): {_esc(changed)}", highlight=False)
     last = prog.get("last") or {}
     epochs = prog.get("epochs_done")
     epochs = f"{epochs:.2f}".rstrip("0").rstrip(".") if isinstance(epochs, float) else _n(epochs)

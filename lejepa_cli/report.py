@@ -142,6 +142,7 @@ def _config_summary(cfg: dict[str, Any]) -> dict[str, Any]:
         "local_size",
         "global_scale",
         "local_scale",
+        "augment",
         "holdout",
         "labels",
         "seed",

@@ -53,6 +53,7 @@ import torch
 
 from lejepa_cli import checkpoint as ckpt_io
 from lejepa_cli import diagnostics
+from lejepa_cli.config import AUGMENT_DEFAULTS, augment_kwargs
 
 log = logging.getLogger("lejepa_cli.selection")
 
@@ -82,6 +83,7 @@ COMPARABLE_KEYS = (
     "local_size",
     "global_scale",
     "local_scale",
+    "augment",
     "proj_dim",
 )
 
@@ -129,6 +131,7 @@ def multicrop_config(cfg):
         local_size=int(cfg.local_size),
         global_scale=tuple(cfg.global_scale),
         local_scale=tuple(cfg.local_scale),
+        **augment_kwargs(cfg.augment),
     )
 
 
@@ -144,6 +147,7 @@ def comparison_key(cfg, holdout_count: int, fingerprint: str) -> dict[str, Any]:
         "local_size": int(cfg.local_size),
         "global_scale": [float(v) for v in cfg.global_scale],
         "local_scale": [float(v) for v in cfg.local_scale],
+        "augment": {**AUGMENT_DEFAULTS, **cfg.augment},
         "proj_dim": int(cfg.proj_dim),
     }
 
@@ -540,7 +544,9 @@ def compare_keys(keys: dict[str, dict[str, Any] | None]) -> list[str]:
     if len(scored) < 2:
         return problems
     for field in COMPARABLE_KEYS:
-        values = {name: json.dumps(k.get(field)) for name, k in scored.items()}
+        # Reports written before augment settings were recorded used the recipe's.
+        fallback = AUGMENT_DEFAULTS if field == "augment" else None
+        values = {name: json.dumps(k.get(field, fallback)) for name, k in scored.items()}
         if len(set(values.values())) > 1:
             shown = ", ".join(f"{name}: {json.loads(v)}" for name, v in values.items())
             problems.append(f"different {field.replace('_', ' ')} ({shown})")

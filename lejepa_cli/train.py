@@ -305,6 +305,8 @@ class TrainStep:
         self.std = torch.tensor(spec.std, device=device).view(1, 1, 3, 1, 1)
         self.autocast = cfg.precision == "bf16" and device.type == "cuda"
         if device.type == "cuda":
+            # NHWC weights and inputs: cuDNN's fast convolution kernels (a no-op for 2-D weights).
+            model.to(memory_format=torch.channels_last)
             model.channels_last = True
         module: nn.Module = model
         if dist.enabled:
@@ -500,9 +502,14 @@ def pretrain(
     into place (tests use it to simulate a crash mid-write).
     """
     from lejepa_cli.data.dataset import MultiCropDataset, collate_multicrop
-    from lejepa_cli.data.multicrop import MultiCrop, MultiCropConfig
+    from lejepa_cli.data.multicrop import MultiCrop
     from lejepa_cli.data.scan import scan_folder
-    from lejepa_cli.selection import after_checkpoint, split_holdout, write_report
+    from lejepa_cli.selection import (
+        after_checkpoint,
+        multicrop_config,
+        split_holdout,
+        write_report,
+    )
 
     started = time.time()
     cfg, changes = resolve_config(overrides, resume, force)
@@ -575,15 +582,7 @@ def pretrain(
             start_step = int(state["step"])
         start_epoch, start_batch = divmod(start_step, steps_per_epoch)
 
-        mc = MultiCropConfig(
-            global_views=cfg.global_views,
-            local_views=cfg.local_views,
-            global_size=int(cfg.global_size),
-            local_size=int(cfg.local_size),
-            global_scale=tuple(cfg.global_scale),
-            local_scale=tuple(cfg.local_scale),
-        )
-        dataset = MultiCropDataset(train_index, MultiCrop(mc), seed=cfg.seed)
+        dataset = MultiCropDataset(train_index, MultiCrop(multicrop_config(cfg)), seed=cfg.seed)
         runlog = _RunLog(run_dir, dist.is_main, start_step if resume else None)
         local_batch = cfg.batch_size // dist.world_size
 

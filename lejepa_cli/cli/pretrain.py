@@ -47,6 +47,13 @@ def pretrain(
     local_size: str | None = typer.Option(None, help="Local crop size in pixels, or auto."),
     global_scale: str | None = typer.Option(None, help="Area range of global crops, e.g. 0.3,1.0."),
     local_scale: str | None = typer.Option(None, help="Area range of local crops, e.g. 0.05,0.3."),
+    augment: list[str] | None = typer.Option(
+        None,
+        metavar="KEY=VALUE",
+        help="An augmentation setting, repeatable: hflip_p, jitter_p, brightness, contrast, "
+        "saturation, hue, grayscale_p, blur_p, blur_sigma (e.g. 0.1,2.0), solarize_p, "
+        "solarize_threshold, ratio; e.g. --augment blur_p=0. Defaults: the paper's recipe.",
+    ),
     seed: int | None = typer.Option(None, help="Seed for init, order and crops.", show_default="0"),
     workers: str | None = typer.Option(
         None, help="Data-loading processes per GPU/process, or auto."
@@ -112,6 +119,7 @@ def pretrain(
         "local_size": local_size,
         "global_scale": global_scale,
         "local_scale": local_scale,
+        "augment": augment or None,
         "seed": seed,
         "workers": workers,
         "device": device,
