@@ -45,6 +45,8 @@ def effective_rank(x: np.ndarray) -> float:
     with equal singular values. 0.0 when x has no spread at all (all rows equal).
     """
     x = _as_matrix(x)
+    if not np.isfinite(x).all():  # diverged weights: no spectrum to speak of
+        return 0.0
     s = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)  # (min(N, D),)
     total = s.sum()
     if not np.isfinite(total) or total <= 0:

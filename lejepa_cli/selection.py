@@ -645,8 +645,8 @@ def after_checkpoint(
             result = attempt(
                 "held-out score", lambda: evaluate_holdout(model, holdout, cfg, spec, device)
             )
+        summary = None
         if result is not None:
-            summary = diagnostics.summarize(result.features)
             record.update(
                 loss=result.loss,
                 pred=result.pred,
@@ -654,6 +654,10 @@ def after_checkpoint(
                 score=normalized_score(result.loss, cfg.lam),
                 heldout_images=result.num_images,
                 heldout_skipped=result.skipped,
+            )
+            summary = attempt("diagnostics", lambda: diagnostics.summarize(result.features))
+        if summary is not None:
+            record.update(
                 effective_rank=summary["effective_rank"],
                 collapsed=summary["collapsed"],
                 collapse_warning="; ".join(summary["warnings"]) or None,

@@ -208,6 +208,19 @@ def resolve_auto(cfg: PretrainConfig, index, dist: DistInfo) -> PretrainConfig:
     return cfg.replace(**changes)
 
 
+def _diverged(what: str, last_ckpt: Path | None, steps_done: int | None) -> str:
+    """The divergence message: what happened, and which checkpoint to trust."""
+    where = f"the last good checkpoint is {last_ckpt or 'none'}"
+    if last_ckpt is not None and steps_done is not None:
+        with contextlib.suppress(Exception):
+            if int(checkpoint.read_meta(last_ckpt)["step"]) == steps_done:
+                where = (
+                    f"the last checkpoint, {last_ckpt}, was written just before this step and "
+                    "may already hold the diverging update"
+                )
+    return f"{what}; training stopped, {where}: lower --lr or raise --lam and resume or restart"
+
+
 def _local_world(dist: DistInfo) -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
 
@@ -607,6 +620,11 @@ def pretrain(
             name: str, epoch_done: int, step: int, train_means: dict[str, float]
         ) -> Path | None:
             """Every rank calls this; rank 0 writes."""
+            if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+                # An update can overflow the weights while the loss before it was finite.
+                raise DivergedError(
+                    _diverged(f"weights became non-finite at step {step}", last_ckpt, None)
+                )
             runlog.add_skipped(_gather_skipped(list(pending_skipped), dist))
             pending_skipped.clear()
             path = None
@@ -686,10 +704,7 @@ def pretrain(
                     try:
                         out = step_fn(batch["global_crops"], batch["local_crops"], step)
                     except DivergedError as exc:
-                        raise DivergedError(
-                            f"{exc}; training stopped, the last good checkpoint is "
-                            f"{last_ckpt or 'none'}: lower --lr or raise --lam and resume or restart"
-                        ) from None
+                        raise DivergedError(_diverged(str(exc), last_ckpt, step)) from None
                     step += 1
                     done = time.perf_counter()
                     waited += got - tick
