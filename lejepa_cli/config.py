@@ -95,7 +95,7 @@ _FIELDS = {f.name: f for f in fields(PretrainConfig)}
 def _fail_unknown(keys: list[str], where: str) -> None:
     parts = []
     for key in keys:
-        close = difflib.get_close_matches(key, list(_FIELDS), n=1)
+        close = difflib.get_close_matches(key.replace("-", "_"), list(_FIELDS), n=1)
         parts.append(f"'{key}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
     raise UsageError(f"unknown key {', '.join(parts)} in {where}; keys mirror the flags")
 
@@ -246,7 +246,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise UsageError(f"{path} must hold a mapping of keys to values")
     data = {str(k).replace("-", "_"): v for k, v in raw.items()}
-    unknown = [k for k in data if k not in _FIELDS]
+    unknown = [str(k) for k in raw if str(k).replace("-", "_") not in _FIELDS]  # as written
     if unknown:
         _fail_unknown(unknown, str(path))
     return data

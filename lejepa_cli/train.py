@@ -535,6 +535,7 @@ def pretrain(
     dist = distributed.init_from_env("cuda" if requested_device.startswith("cuda") else "cpu")
     reporter = reporter if (reporter is not None and dist.is_main) else QuietReporter()
     run_dir = Path(cfg.out)
+    runlog: _RunLog | None = None
     try:
         prepare_run_dir(run_dir, resume, overwrite)
         distributed.barrier()
@@ -781,7 +782,14 @@ def pretrain(
             seconds=time.time() - started,
             is_main=dist.is_main,
         )
+    except DivergedError as exc:
+        if runlog is not None:
+            runlog.log(f"error: {exc}")
+        raise
     finally:
+        reporter.close()  # stop a live progress bar before the error line is printed
+        if runlog is not None:
+            runlog.close()
         distributed.shutdown()
 
 

@@ -89,6 +89,7 @@ def test_diverging_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     assert re.search(r"loss became (nan|inf|-inf) at step 4\b", line), line
     assert str(ckpt_dir) in line and "--lr" in line
     assert out == ""
+    assert "error: loss became" in (run / "train.log").read_text()  # the log says why it stopped
 
     # Only finite losses were logged; the diverged step was not.
     assert sorted(losses(run)) == [1, 2, 3]
@@ -201,7 +202,7 @@ def test_unknown_config_key_is_one_line_with_a_suggestion(
     err = capsys.readouterr().err
     assert code == 2, err
     line = error_line(err)
-    assert "unknown key" in line and f"did you mean '{suggestion}'" in line
+    assert f"unknown key '{key}'" in line and f"did you mean '{suggestion}'" in line
     assert str(run_yaml) in line
     assert not run.exists()  # refused before anything was written
 
