@@ -158,11 +158,11 @@ def lejepa(config: MultiCropConfig):
     return run
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=5, help="alternating timed passes")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = MultiCropConfig()
     pipelines = {

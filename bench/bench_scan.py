@@ -1,7 +1,7 @@
 """Scanning a million files, and what the index costs DataLoader workers.
 
-Builds a tree of empty files named like images (DIRS folders of FILES/DIRS files each; reused
-when it is already there), then reports:
+Builds a tree of empty files named like images (DIRS folders of FILES/DIRS files each, nested in
+groups of 100 folders; reused when it is already there), then reports:
 
 - scan time, warm (the second of two scans, so the directory entries are in the page cache);
 - the index's own memory (its numpy arrays) and the peak resident memory of the scan;
@@ -35,7 +35,8 @@ MB = 1024 * 1024
 
 
 def build_tree(root: Path, files: int, dirs: int) -> float:
-    """Empty files d0000/img_0000000.jpg ...; returns seconds spent (0 when reused)."""
+    """Empty files g00/d0000/img_0000000.jpg ... (100 folders to a group, so the scan walks
+    two levels); returns seconds spent (0 when reused)."""
     marker = root / f".complete-{files}-{dirs}"
     if marker.exists():
         return 0.0
@@ -46,7 +47,7 @@ def build_tree(root: Path, files: int, dirs: int) -> float:
     flags = os.O_CREAT | os.O_WRONLY | os.O_EXCL
     made = 0
     for d in range(dirs):
-        folder = root / f"d{d:04d}"
+        folder = root / f"g{d // 100:02d}" / f"d{d:04d}"
         folder.mkdir(parents=True)
         base = str(folder) + "/img_"
         for _ in range(min(per_dir, files - made)):
@@ -125,7 +126,7 @@ def worker_growth(dataset, workers: int, batch_size: int) -> tuple[int, float]:
     return after - before, seconds
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--dirs", type=int, default=None, help="default: files / 1000, >= 1")
@@ -134,7 +135,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--no-list", action="store_true", help="skip the list-of-str comparison")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dirs = args.dirs or max(1, args.files // 1000)
     tree = args.root / f"tree-{args.files}-{dirs}"
 
