@@ -172,6 +172,62 @@ def _extract(
     return feats, ok, reasons
 
 
+def calibrate_norm_stats(
+    encoder: Encoder,
+    paths_or_index: Any,
+    batch_size: int = 64,
+    workers: int | str = "auto",
+    device: str | torch.device = "auto",
+    max_images: int = 2048,
+    seed: int = 0,
+) -> int:
+    """Re-estimate the BatchNorm running statistics of `encoder` from images; returns how many
+    images were used (0 when the backbone has no BatchNorm). Weights are left as they are.
+
+    A freshly initialised network carries running statistics of 0 and 1, so in eval mode most
+    of its activations are badly scaled and many feature dimensions are constant: a random-init
+    baseline probed that way is weaker than the architecture at random init really is. Forward
+    passes in train mode over (a seeded subset of at most `max_images` of) the images, with a
+    cumulative average, give it the statistics training would have. The encoder's fingerprint
+    changes with them, so cached features are not mixed up.
+    """
+    backbone = encoder.backbone
+    norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    paths = _as_paths(paths_or_index)
+    if not norms or len(paths) < 2:
+        return 0
+    if len(paths) > max_images:
+        pick = np.random.default_rng(seed).choice(len(paths), size=max_images, replace=False)
+        paths = paths[np.sort(pick)]
+    dev = resolve_device(device)
+    backbone.to(dev)
+    dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec.input_size)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=max(2, int(batch_size)),
+        shuffle=False,
+        num_workers=resolve_workers(workers, len(dataset)),
+    )
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over all batches
+    used = 0
+    backbone.train()
+    with torch.no_grad():
+        for x, ok, _ in loader:
+            if int(ok.sum()) < 2:  # train-mode BatchNorm needs two samples
+                continue
+            forward_features(backbone, x[ok].to(dev), "probe")
+            used += int(ok.sum())
+    backbone.eval()
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    names = hashlib.sha256("\n".join(paths.tolist()).encode()).hexdigest()[:16]
+    encoder.fingerprint = f"{encoder.fingerprint}-norm-stats-{names}"
+    return used
+
+
 def extract(
     encoder: Encoder,
     paths_or_index: Any,

@@ -625,7 +625,7 @@ def run_probe(
     confusion matrix into `out_dir` (default MODEL/probe/)."""
     from lejepa_cli import __version__
     from lejepa_cli.artifacts import load_encoder, random_encoder
-    from lejepa_cli.features import cached_features, resolve_device
+    from lejepa_cli.features import cached_features, calibrate_norm_stats, resolve_device
 
     started = time.time()
     shot_list = parse_shots(shots)
@@ -663,8 +663,15 @@ def run_probe(
     dev = str(resolve_device(device))
 
     models = [("checkpoint", encoder)]
+    norm_stats_images = 0
     if baseline == "random":
-        models.append(("random", random_encoder(encoder, seed=0)))
+        random_init = random_encoder(encoder, seed=0)
+        # BatchNorm statistics from the probe's training images (no labels), as training would
+        # set them; the weights stay random.
+        norm_stats_images = calibrate_norm_stats(
+            random_init, [paths[i] for i in train_idx], batch_size, workers, dev
+        )
+        models.append(("random", random_init))
 
     notes: list[str] = []
     features = {}
@@ -775,7 +782,16 @@ def run_probe(
         "val_counts": {c: int(n) for c, n in zip(classes, val_counts, strict=True)},
         "shots": shot_list,
         "seeds": int(seeds),
-        "baseline": {"kind": "random", "seed": 0, "arch": encoder.arch} if baseline else None,
+        "baseline": (
+            {
+                "kind": "random",
+                "seed": 0,
+                "arch": encoder.arch,
+                "norm_stats_images": norm_stats_images,
+            }
+            if baseline
+            else None
+        ),
         "protocol": {
             "linear": {
                 "head": "LayerNorm + Linear",

@@ -92,6 +92,7 @@ def test_colour_classes_are_separable_even_with_random_weights(data, tmp_path):
     written = json.loads((tmp_path / "probe" / "probe.json").read_text())
     assert written["source"]["checkpoint"] == "epoch-0002"
     assert written["baseline"]["kind"] == "random"
+    assert written["baseline"]["norm_stats_images"] == 6 * 16  # the training split's images
     assert written["classes"] == sorted(COLOURS)
     # 20% of 20 per class held out
     assert set(written["val_counts"].values()) == {4}
@@ -267,3 +268,34 @@ def test_integer_labels_sort_as_numbers(tmp_path):
     paths, labels = read_labels(csv_path)
     assert paths == [str((tmp_path / f"{i}.png").resolve()) for i in range(3)]
     assert _sort_classes(labels) == ["1", "2", "10"]
+
+
+def test_random_baseline_takes_batchnorm_statistics_from_the_images(data):
+    import torch
+
+    from lejepa_cli.artifacts import load_encoder, random_encoder
+    from lejepa_cli.features import calibrate_norm_stats, eval_transform
+
+    encoder = random_encoder(load_encoder(data["run"], "last"), seed=0)
+    weights = {k: v.clone() for k, v in encoder.backbone.named_parameters()}
+    before = encoder.fingerprint
+    paths = [str(data["root"] / rel) for rel, _ in data["rows"]]
+    used = calibrate_norm_stats(encoder, paths, batch_size=1000, workers=0, device="cpu")
+    assert used == len(paths)
+    assert encoder.fingerprint != before and not encoder.backbone.training
+
+    # One batch holds every image, so the first BatchNorm's running mean is exactly the mean of
+    # the stem convolution's output over the images.
+    bn = next(m for m in encoder.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    conv = next(m for m in encoder.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    from lejepa_cli.data.decode import load_rgb
+
+    transform = eval_transform(encoder.spec)
+    x = torch.stack([transform(load_rgb(p)) for p in paths])
+    with torch.no_grad():
+        expected = conv(x).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(bn.running_mean, expected, rtol=1e-4, atol=1e-5)
+    assert bn.momentum is not None  # restored after the cumulative average
+    for key, value in encoder.backbone.state_dict().items():
+        if key in weights:
+            assert torch.equal(value, weights[key]), key  # weights untouched

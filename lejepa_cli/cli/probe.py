@@ -144,7 +144,10 @@ def probe(
         show_default="MODEL/probe",
     ),
     baseline: str | None = typer.Option(
-        None, "--baseline", help="'random': also probe the same architecture with random weights."
+        None,
+        "--baseline",
+        help="'random': also probe the same architecture with random weights (BatchNorm "
+        "statistics taken from the training images).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
