@@ -128,6 +128,20 @@ class _Images(torch.utils.data.Dataset):
         return self.transform(image), True, ""
 
 
+def _loader(
+    encoder: Encoder, paths: np.ndarray, batch_size: int, workers: int | str, dev: torch.device
+) -> torch.utils.data.DataLoader:
+    """The images in order, through the model's eval transform: (x, ok, reason) batches."""
+    dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec.input_size)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=max(1, int(batch_size)),
+        shuffle=False,
+        num_workers=resolve_workers(workers, len(dataset)),
+        pin_memory=dev.type == "cuda",
+    )
+
+
 def _extract(
     encoder: Encoder,
     paths: np.ndarray,
@@ -143,14 +157,8 @@ def _extract(
     backbone = encoder.backbone.to(dev)
     was_training = backbone.training  # a backbone lent by the trainer goes back as it came
     backbone.eval()
-    dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec.input_size)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=max(1, int(batch_size)),
-        shuffle=False,
-        num_workers=resolve_workers(workers, len(dataset)),
-        pin_memory=dev.type == "cuda",
-    )
+    loader = _loader(encoder, paths, batch_size, workers, dev)
+    dataset = loader.dataset
     chunks, oks, reasons, done = [], [], [], 0
     with torch.no_grad():
         for x, ok, why in loader:
@@ -201,13 +209,7 @@ def calibrate_norm_stats(
         paths = paths[np.sort(pick)]
     dev = resolve_device(device)
     backbone.to(dev)
-    dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec.input_size)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=max(2, int(batch_size)),
-        shuffle=False,
-        num_workers=resolve_workers(workers, len(dataset)),
-    )
+    loader = _loader(encoder, paths, max(2, int(batch_size)), workers, dev)
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()

@@ -764,7 +764,6 @@ def pretrain(
             runlog.write_skipped()
             write_report(run_dir)
         runlog.log(f"stopped at step {step} ({stop_reason or 'finished'})")
-        runlog.close()
         if stop_reason == "signal":
             raise Interrupted(
                 f"stopped by signal at step {step}; checkpoint {last_ckpt.name if last_ckpt else '-'} "
