@@ -117,12 +117,43 @@ def test_recipe_probabilities_hold_over_many_views():
 
 def test_hue_rotation_matrix():
     red = np.array([255.0, 0, 0])
-    m = np.array(_hue_matrix(1 / 3)).reshape(3, 4)[:, :3]
+    m = _hue_matrix(1 / 3)
     assert np.allclose(m @ red, [0, 255, 0], atol=1e-6)  # red -> green at a third of a turn
     assert np.allclose(m @ np.array([90.0, 90, 90]), [90, 90, 90])  # greys stay grey
-    m = np.array(_hue_matrix(0.05)).reshape(3, 4)[:, :3]
+    m = _hue_matrix(0.05)
     r, g, b = m @ red
     assert r > g > 0 and b < 1  # a small positive shift moves red towards yellow
+
+
+def test_composed_jitter_matches_torchvision_step_by_step():
+    # Brightness, contrast and saturation in the drawn order, one torchvision function per step
+    # on the float image, against the single composed colour matrix (mid-range pixels: no
+    # clamping on the way; on uint8 torchvision also truncates to an integer after every step).
+    from torchvision.transforms import functional as TF
+
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(80, 161, (40, 40, 3), dtype=np.uint8))
+    config = MultiCropConfig(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0)
+    crop = MultiCrop(config)
+    for seed in range(8):
+        ours = torch.from_numpy(np.asarray(crop._jitter(img, np.random.default_rng(seed))))
+        draw = np.random.default_rng(seed)
+        order = draw.permutation(4)
+        factors = [draw.uniform(0.8, 1.2) for _ in range(3)]
+        ref = TF.pil_to_tensor(img).float() / 255
+        for op in order:
+            if op == 0:
+                ref = TF.adjust_brightness(ref, factors[0])
+            elif op == 1:
+                ref = TF.adjust_contrast(ref, factors[1])
+            elif op == 2:
+                ref = TF.adjust_saturation(ref, factors[2])
+        diff = (ours.permute(2, 0, 1).float() - ref * 255).abs()
+        assert diff.max() <= 1.0, (seed, order, diff.max())
+    # With a hue turn the colours move but greys stay grey.
+    grey = Image.new("RGB", (8, 8), (100, 100, 100))
+    hued = MultiCrop(MultiCropConfig(brightness=0, contrast=0, saturation=0, hue=0.5))
+    assert np.asarray(hued._jitter(grey, np.random.default_rng(0)))[0, 0].tolist() == [100] * 3
 
 
 def test_invalid_settings_are_usage_errors():

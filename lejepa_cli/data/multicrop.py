@@ -6,9 +6,11 @@ parameter ranges are those of torchvision's transforms; the work is done differe
 
 - crop and resize are one Pillow `resize(box=...)` call on the decoded image (antialiased
   bilinear, like torchvision's);
-- brightness, contrast, saturation and hue are one colour-matrix pass each (Pillow's
-  `convert("RGB", matrix)`, 3x3 plus offset), clamped to 0-255 after every step as torchvision
-  does; solarize is a lookup table;
+- brightness, contrast, saturation and hue, drawn and ordered as torchvision draws them, are
+  each an affine map of the RGB vector; they are composed into one 3x4 colour matrix and applied
+  in a single pass (Pillow's `convert("RGB", matrix)`), rounded and clamped to 0-255 once at the
+  end where torchvision clamps after every step (the two differ only for pixels that leave 0-255
+  part way and come back); solarize is a lookup table;
 - hue is a rotation by `hue_factor * 360` degrees about the grey axis instead of torchvision's
   RGB -> HSV -> RGB round trip, which costs more than all other colour steps together: the
   same angle range and direction (positive turns red towards yellow), exact for multiples
@@ -162,24 +164,32 @@ class MultiCrop:
         return np.asarray(view)  # (size, size, 3) uint8
 
     def _jitter(self, view: Image.Image, rng: np.random.Generator) -> Image.Image:
-        """torchvision's ColorJitter: factors drawn, then applied in a random order."""
+        """torchvision's ColorJitter: factors drawn, then applied in a random order.
+
+        Each of the four steps is an affine map of the RGB vector, so they are composed into one
+        3x4 matrix and applied in a single pass. Contrast blends with the mean grey level of the
+        image as it is at that step, which is the composed map applied to the view's channel means.
+        """
         c = self.config
         order = rng.permutation(4)
         b = rng.uniform(1 - c.brightness, 1 + c.brightness)
         k = rng.uniform(1 - c.contrast, 1 + c.contrast)
         s = rng.uniform(1 - c.saturation, 1 + c.saturation)
         h = rng.uniform(-c.hue, c.hue)
+        m = np.eye(3, 4)  # v -> m[:, :3] @ v + m[:, 3]
         for op in order:
             if op == 0 and c.brightness:
-                view = view.convert("RGB", _gain_matrix(b, 0.0))
+                m = b * m
             elif op == 1 and c.contrast:
-                mean = float(np.asarray(view.convert("L")).mean())
-                view = view.convert("RGB", _gain_matrix(k, (1 - k) * mean))
+                means = np.array(view.reduce(view.size).getpixel((0, 0)), dtype=np.float64)
+                grey = float(np.dot(_LUMA, m[:, :3] @ means + m[:, 3]))
+                m = k * m
+                m[:, 3] += (1 - k) * grey
             elif op == 2 and c.saturation:
-                view = view.convert("RGB", _saturation_matrix(s))
+                m = _saturation_matrix(s) @ m
             elif op == 3 and c.hue:
-                view = view.convert("RGB", _hue_matrix(h))
-        return view
+                m = _hue_matrix(h) @ m
+        return view.convert("RGB", tuple(m.ravel().tolist()))
 
 
 def _crop_box(
@@ -212,28 +222,22 @@ def _crop_box(
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def _gain_matrix(gain: float, offset: float) -> tuple[float, ...]:
-    """v -> gain * v + offset on every channel, as Pillow's 12-number colour matrix."""
-    return (gain, 0.0, 0.0, offset, 0.0, gain, 0.0, offset, 0.0, 0.0, gain, offset)
+def _saturation_matrix(s: float) -> np.ndarray:
+    """Blend with the grey image: s * rgb + (1 - s) * luma, as a 3x3 matrix."""
+    return s * np.eye(3) + (1 - s) * np.tile(_LUMA, (3, 1))
 
 
-def _saturation_matrix(s: float) -> tuple[float, ...]:
-    """Blend with the grey image: s * rgb + (1 - s) * luma, as Pillow's 12-number matrix."""
-    rows = []
-    for i in range(3):
-        rows += [(1 - s) * _LUMA[j] + (s if i == j else 0.0) for j in range(3)] + [0.0]
-    return tuple(rows)
-
-
-def _hue_matrix(hue_factor: float) -> tuple[float, ...]:
-    """Rotation by hue_factor * 360 degrees about the grey axis (red -> yellow -> green)."""
+def _hue_matrix(hue_factor: float) -> np.ndarray:
+    """Rotation by hue_factor * 360 degrees about the grey axis (red -> yellow -> green), 3x3."""
     theta = 2 * math.pi * hue_factor
     cos, k = math.cos(theta), (1 - math.cos(theta)) / 3
     q = math.sin(theta) / math.sqrt(3)
-    return (
-        *(cos + k, k - q, k + q, 0.0),
-        *(k + q, cos + k, k - q, 0.0),
-        *(k - q, k + q, cos + k, 0.0),
+    return np.array(
+        [
+            [cos + k, k - q, k + q],
+            [k + q, cos + k, k - q],
+            [k - q, k + q, cos + k],
+        ]
     )
 
 
