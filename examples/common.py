@@ -105,6 +105,64 @@ def pretrain_seconds(run_dir: Path) -> float:
     return total + previous
 
 
+# ----------------------------------------------------------------------------- screening
+
+
+def _weighted_logistic(x, y, num_classes: int, l2: float):
+    """Multinomial logistic regression with inverse class frequency weights, by L-BFGS."""
+    import torch
+    import torch.nn.functional as F
+
+    counts = torch.bincount(y, minlength=num_classes).float().clamp(min=1)
+    weight = counts.sum() / (num_classes * counts)
+    w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
+    b = torch.zeros(num_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ w + b, y, weight=weight) + l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def cv_balanced_accuracy(
+    x, y, num_classes: int, folds: int = 5, l2: float = 1e-2, seed: int = 0
+) -> tuple[float, list[float]]:
+    """Mean balanced accuracy of a class-weighted linear head over stratified folds.
+
+    x (N, F) features, y (N,) integer labels. Each fold standardises the features with the
+    training part's mean and std and fits multinomial logistic regression (L-BFGS, inverse class
+    frequency weights, L2 penalty `l2` on the weights). Returns (mean, per-fold values).
+    """
+    import numpy as np
+    import torch
+
+    x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    y = np.asarray(y, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(y), dtype=np.int64)
+    for c in range(num_classes):
+        members = np.flatnonzero(y == c)
+        rng.shuffle(members)
+        fold[members] = np.arange(len(members)) % folds
+    scores = []
+    for k in range(folds):
+        train, test = fold != k, fold == k
+        mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+        xtr, xte = (x[train] - mean) / std, (x[test] - mean) / std
+        ytr = torch.as_tensor(y[train])
+        w, b = _weighted_logistic(xtr, ytr, num_classes, l2)
+        pred = (xte @ w + b).argmax(1).numpy()
+        truth = y[test]
+        recalls = [np.mean(pred[truth == c] == c) for c in range(num_classes) if (truth == c).any()]
+        scores.append(float(np.mean(recalls)))
+    return float(np.mean(scores)), scores
+
+
 # ----------------------------------------------------------------------------- the supervised reference
 
 

@@ -216,6 +216,26 @@ def test_results_table_reads_probe_json_rows():
     assert heads["lejepa_share_of_supervised"] == pytest.approx(0.55 / 0.6)
 
 
+# ----------------------------------------------------------------------------- screening
+
+
+def test_cv_balanced_accuracy_separates_signal_from_noise_and_counts_rare_classes():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), [300, 120, 40, 20])  # imbalanced, like ELPV
+    signal = rng.normal(size=(len(y), 8))
+    signal[:, 0] += 6 * y  # the class is readable from one feature
+    mean, folds = common.cv_balanced_accuracy(signal, y, 4, folds=5)
+    assert len(folds) == 5 and mean > 0.9
+    noise, _ = common.cv_balanced_accuracy(rng.normal(size=(len(y), 8)), y, 4, folds=5)
+    assert noise < 0.4  # chance is 0.25
+    # A weak signal for the rarest class only: an unweighted head would never predict it,
+    # the class-weighted one recalls it more often than not.
+    weak = rng.normal(size=(len(y), 8))
+    weak[:, 1] += 1.5 * (y == 3)
+    x_rare, _ = common.cv_balanced_accuracy(weak, y == 3, 2, folds=5)
+    assert x_rare > 0.6  # an unweighted head scores about 0.5 here
+
+
 # ----------------------------------------------------------------------------- end to end (slow)
 
 
