@@ -136,7 +136,7 @@ def test_composed_jitter_matches_torchvision_step_by_step():
     config = MultiCropConfig(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0)
     crop = MultiCrop(config)
     for seed in range(8):
-        ours = torch.from_numpy(np.asarray(crop._jitter(img, np.random.default_rng(seed))))
+        ours = torch.from_numpy(np.array(crop._jitter(img, np.random.default_rng(seed))))
         draw = np.random.default_rng(seed)
         order = draw.permutation(4)
         factors = [draw.uniform(0.8, 1.2) for _ in range(3)]
