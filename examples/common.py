@@ -141,6 +141,8 @@ def cv_balanced_accuracy(
     import numpy as np
     import torch
 
+    from lejepa_cli.probe import classification_metrics
+
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     y = np.asarray(y, dtype=np.int64)
     rng = np.random.default_rng(seed)
@@ -157,9 +159,8 @@ def cv_balanced_accuracy(
         ytr = torch.as_tensor(y[train])
         w, b = _weighted_logistic(xtr, ytr, num_classes, l2)
         pred = (xte @ w + b).argmax(1).numpy()
-        truth = y[test]
-        recalls = [np.mean(pred[truth == c] == c) for c in range(num_classes) if (truth == c).any()]
-        scores.append(float(np.mean(recalls)))
+        metrics = classification_metrics(y[test], pred, num_classes)
+        scores.append(metrics["balanced_accuracy"])
     return float(np.mean(scores)), scores
 
 
