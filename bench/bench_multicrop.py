@@ -8,7 +8,8 @@ cuts the recipe's views: 2 x 224 and 6 x 96, flip, colour jitter, grayscale, blu
   RandomSolarize, ToDtype + Normalize, per view: the recipe written the obvious way.
 - torchvision on PIL: PIL decode, torchvision's PIL transforms with Pillow's GaussianBlur (the
   DINO way), PILToTensor; normalisation left to the batch. The straightforward fast version.
-- lejepa_cli: load_rgb + MultiCrop, normalisation left to the batch.
+- lejepa_cli: load_rgb + MultiCrop (torch's uint8 antialiased resize, OpenCV colour matrix,
+  blur and solarize), normalisation left to the batch.
 
 One thread, one process; pipelines alternate in rounds and the best round of each is reported,
 so that load from other processes on the machine hurts all of them alike.
@@ -26,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import PIL
 import torch
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"torchvision {torchvision.__version__}, Pillow {PIL.__version__}, {platform.machine()}"
+        f"torchvision {torchvision.__version__}, Pillow {PIL.__version__}, "
+        f"OpenCV {cv2.__version__}, {platform.machine()}"
     )
     base = best["torchvision v2 on uint8 tensors"]
     print(f"{'pipeline':38s} {'ms/image':>9s} {'images/s/core':>14s} {'speed-up':>9s}")

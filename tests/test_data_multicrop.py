@@ -8,10 +8,12 @@ import torch
 from PIL import Image
 
 from lejepa_cli.data.multicrop import (
+    _GREY,
     EvalTransform,
     MultiCrop,
     MultiCropConfig,
     _hue_matrix,
+    _recolour,
     normalize,
     suggest_crop_sizes,
 )
@@ -23,6 +25,13 @@ OFF = dict(hflip_p=0, jitter_p=0, grayscale_p=0, blur_p=0, solarize_p=0)
 def _photo(w=80, h=60, seed=0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def _smooth(w, h, seed=0) -> Image.Image:
+    """A photo-like image: a coarse random colour field, bicubically enlarged."""
+    rng = np.random.default_rng(seed)
+    field = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    return Image.fromarray(field).resize((w, h), Image.Resampling.BICUBIC)
 
 
 def _views(config, img=None, seed=0):
@@ -129,18 +138,19 @@ def test_composed_jitter_matches_torchvision_step_by_step():
     # Brightness, contrast and saturation in the drawn order, one torchvision function per step
     # on the float image, against the single composed colour matrix (mid-range pixels: no
     # clamping on the way; on uint8 torchvision also truncates to an integer after every step).
+    # Grayscale afterwards is folded into the same matrix.
     from torchvision.transforms import functional as TF
 
     rng = np.random.default_rng(3)
-    img = Image.fromarray(rng.integers(80, 161, (40, 40, 3), dtype=np.uint8))
+    pixels = rng.integers(80, 161, (40, 40, 3), dtype=np.uint8)
     config = MultiCropConfig(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.0)
     crop = MultiCrop(config)
     for seed in range(8):
-        ours = torch.from_numpy(np.array(crop._jitter(img, np.random.default_rng(seed))))
+        m = crop._jitter_matrix(pixels, np.random.default_rng(seed))
         draw = np.random.default_rng(seed)
         order = draw.permutation(4)
         factors = [draw.uniform(0.8, 1.2) for _ in range(3)]
-        ref = TF.pil_to_tensor(img).float() / 255
+        ref = torch.from_numpy(pixels).permute(2, 0, 1).float() / 255
         for op in order:
             if op == 0:
                 ref = TF.adjust_brightness(ref, factors[0])
@@ -148,12 +158,47 @@ def test_composed_jitter_matches_torchvision_step_by_step():
                 ref = TF.adjust_contrast(ref, factors[1])
             elif op == 2:
                 ref = TF.adjust_saturation(ref, factors[2])
-        diff = (ours.permute(2, 0, 1).float() - ref * 255).abs()
-        assert diff.max() <= 1.0, (seed, order, diff.max())
+        for ours, want in (
+            (_recolour(pixels, m), ref),
+            (_recolour(pixels, _GREY @ m), TF.rgb_to_grayscale(ref, num_output_channels=3)),
+        ):
+            diff = (torch.from_numpy(ours).permute(2, 0, 1).float() - want * 255).abs()
+            assert diff.max() <= 1.0, (seed, order, diff.max())
     # With a hue turn the colours move but greys stay grey.
-    grey = Image.new("RGB", (8, 8), (100, 100, 100))
+    grey = np.full((8, 8, 3), 100, dtype=np.uint8)
     hued = MultiCrop(MultiCropConfig(brightness=0, contrast=0, saturation=0, hue=0.5))
-    assert np.asarray(hued._jitter(grey, np.random.default_rng(0)))[0, 0].tolist() == [100] * 3
+    m = hued._jitter_matrix(grey, np.random.default_rng(0))
+    assert _recolour(grey, m)[0, 0].tolist() == [100] * 3
+
+
+def test_resize_and_blur_match_torchvision():
+    # The crop's resize is torchvision v2's antialiased bilinear resize of the same box, and the
+    # blur is torchvision's Gaussian of the same sigma (23 taps there, cut at 3 sigma here).
+    from torchvision.transforms.v2 import functional as TF2
+
+    img = _smooth(120, 90)
+    chw = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    base = dict(global_views=1, local_views=0, global_size=48, global_scale=(0.5, 0.5), **OFF)
+    config = MultiCropConfig(**base)
+    ours = _views(config, img, seed=4)["global_crops"][0]
+    draw = np.random.default_rng(4)
+    area = 120 * 90 * draw.uniform(0.5, 0.5)
+    aspect = np.exp(draw.uniform(np.log(3 / 4), np.log(4 / 3)))
+    w, h = round(np.sqrt(area * aspect)), round(np.sqrt(area / aspect))
+    top, left = int(draw.integers(0, 90 - h + 1)), int(draw.integers(0, 120 - w + 1))
+    want = TF2.resized_crop(chw, top, left, h, w, [48, 48], antialias=True)
+    assert (ours.int() - want.int()).abs().max() <= 1
+
+    blurred_cfg = MultiCropConfig(**{**base, "global_scale": (1, 1), "ratio": (1, 1)})
+    square = _smooth(64, 64, seed=2)
+    sharp = torch.from_numpy(np.array(square)).permute(2, 0, 1)
+    for sigma in (0.5, 1.3, 2.0):
+        cfg = MultiCropConfig(**{**vars(blurred_cfg), "global_size": 64, "blur_p": 1,
+                                 "blur_sigma": (sigma, sigma)})  # fmt: skip
+        ours = _views(cfg, square)["global_crops"][0].float()
+        want = TF2.gaussian_blur(sharp.float(), [23, 23], [sigma, sigma])
+        assert (ours - want).abs().max() <= 1.0, sigma
+        assert (ours - sharp.float()).abs().max() > 2.0  # it did blur
 
 
 def test_invalid_settings_are_usage_errors():
