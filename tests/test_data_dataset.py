@@ -141,3 +141,39 @@ def test_eval_dataset_marks_unreadable_files(zoo):
         if not ok:
             assert image.max() == 0
             assert expected[index.relpath(i)].reason in ds.failure_reason(i)
+
+
+class _FailsOnWideImages(MultiCrop):
+    """A transform that cannot cut views from one kind of decoded image (wider than tall)."""
+
+    def __call__(self, img, rng):
+        if img.width > img.height:
+            raise ValueError("cannot cut\nthis one")
+        return super().__call__(img, rng)
+
+
+def test_a_transform_failure_is_a_skipped_file_not_a_crash(tmp_path):
+    Image.new("RGB", (60, 20), (10, 20, 30)).save(tmp_path / "wide.png")
+    for i in range(4):
+        Image.new("RGB", (20, 30), (i, i, i)).save(tmp_path / f"tall{i}.png")
+    index = scan_folder(tmp_path)
+    wide = list(index.relpaths()).index("wide.png")
+    ds = MultiCropDataset(index, _FailsOnWideImages(SMALL), seed=0)
+    loader = DataLoader(ds, batch_size=5, num_workers=2, collate_fn=collate_multicrop)
+    (batch,) = list(loader)
+    assert batch["global_crops"].shape == (2, 5, 3, 32, 32)
+    assert wide not in batch["index"].tolist()
+    (reason,) = [r for path, r in batch["skipped"] if path == "wide.png"]
+    assert reason == (
+        "could not cut views from the decoded image (ValueError: cannot cut this one)"
+    )
+
+    def eval_view(img):
+        if img.width > img.height:
+            raise ValueError("cannot cut\nthis one")
+        return EvalTransform(24)(img)
+
+    evaluated = EvalDataset(index, eval_view)
+    image, ok, _ = evaluated[wide]
+    assert not ok and not image.any()
+    assert "ValueError: cannot cut this one" in evaluated.failure_reason(wide)

@@ -2,9 +2,9 @@
 
 Every sample's randomness is seeded from (seed, epoch, index) alone, so the views do not depend
 on the number of workers, on which worker serves which index, or on where a run was resumed.
-A file that cannot be read is never fatal: it is reported with the sample and another image,
-chosen by the same seeded generator, takes its place, so every rank sees the same number of
-samples and steps.
+A file that cannot be read, or whose decoded pixels the transform cannot cut views from, is
+never fatal: it is reported with the sample and another image, chosen by the same seeded
+generator, takes its place, so every rank sees the same number of samples and steps.
 """
 
 from __future__ import annotations
@@ -60,18 +60,26 @@ class MultiCropDataset(Dataset):
         for _ in range(self.max_retries + 1):
             try:
                 img = load_rgb(self.index.abspath(j), min_side=self.transform.min_source_side)
+                crops = self.transform(img, rng)
             except DecodeError as exc:
                 skipped.append((self.index.relpath(j), exc.reason))
-                j = int(rng.integers(len(self.index)))  # same draw on every rank
-                continue
-            crops = self.transform(img, rng)
-            return {**crops, "index": j, "skipped": skipped}
+            except Exception as exc:  # noqa: BLE001 - decoded, but no views could be cut from it
+                skipped.append((self.index.relpath(j), _transform_failure(exc)))
+            else:
+                return {**crops, "index": j, "skipped": skipped}
+            j = int(rng.integers(len(self.index)))  # same draw on every rank
         last_path, last_reason = skipped[-1]
         raise DataError(
             f"{len(skipped)} files in a row could not be read while loading sample {i} (last: "
             f"{last_path}: {last_reason}); the folder {self.index.root} has too many unreadable "
             f"files. Run `lejepa inspect {self.index.root}` to list them, then remove or fix them"
         )
+
+
+def _transform_failure(exc: Exception) -> str:
+    """skipped.txt's reason for a decoded image the transform failed on: one line."""
+    detail = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return f"could not cut views from the decoded image ({type(exc).__name__}: {detail})"
 
 
 def collate_multicrop(samples: list[dict]) -> dict:
@@ -104,16 +112,19 @@ class EvalDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, int]:
         try:
             img = load_rgb(self.index.abspath(i), min_side=self._min_side)
-        except DecodeError:
+            view = self.transform(img)
+        except Exception:  # noqa: BLE001 - unreadable, or no view could be cut from it
             return self._zero_image(), False, int(i)
-        return self.transform(img), True, int(i)
+        return view, True, int(i)
 
     def failure_reason(self, i: int) -> str | None:
-        """Why image i cannot be read, or None when it can."""
+        """Why image i cannot be used, or None when it can."""
         try:
-            load_rgb(self.index.abspath(i), min_side=self._min_side)
+            self.transform(load_rgb(self.index.abspath(i), min_side=self._min_side))
         except DecodeError as exc:
             return exc.reason
+        except Exception as exc:  # noqa: BLE001
+            return _transform_failure(exc)
         return None
 
     def _zero_image(self) -> torch.Tensor:
