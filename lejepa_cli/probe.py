@@ -5,7 +5,8 @@ Protocol (kept fixed so numbers compare across checkpoints and runs):
 - features: `features.probe_features` (last-two-block CLS tokens for ViTs, pooled otherwise), eval
   transform, cached on disk;
 - validation: `--val` or a stratified split of the labels, 20% per class (at least 1), seed 0;
-- linear head: LayerNorm + Linear, AdamW (weight decay 1e-6), cross-entropy, linear warmup then
+- linear head: LayerNorm + Linear, AdamW (weight decay 1e-6), cross-entropy (with `balanced`,
+  each class weighted by n / (classes * n_class), so every class counts alike), linear warmup then
   cosine, 30 epochs of minibatches of 1024 (at least 200 and at most 1000 steps); the learning
   rate is picked from LR_GRID on a stratified 20% split of the training set (all grid heads train
   in one batched pass), or DEFAULT_LR when a class has fewer than 2 training examples;
@@ -256,15 +257,17 @@ def _fit_heads(
     seeds: Sequence[int],
     epochs: int = EPOCHS,
     batch_size: int = BATCH_SIZE,
+    balanced: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Train one LayerNorm + Linear head per (learning rate, seed), all in one batched pass.
 
     Each head's initialisation comes from its seed; the minibatch order from the first seed.
     The LayerNorm has no affine parameters: a scale and shift before a Linear layer are absorbed
     by it, and without them the normalised features are computed once and every head's logits
-    come out of a single matmul.
+    come out of a single matmul. `balanced` weights the cross-entropy by `class_weights(y)`.
     """
     n, dim = x.shape
+    cw = class_weights(y, num_classes) if balanced else None
     heads = len(lrs)
     gen = torch.Generator().manual_seed(int(seeds[0]))
     xn = F.layer_norm(x, (dim,))  # (N, F)
@@ -304,7 +307,7 @@ def _fit_heads(
             logits = torch.addmm(torch.cat(bias), xb, w).view(len(yb), heads, num_classes)
             # summed over heads: each head's gradient is its own mean cross-entropy
             loss = F.cross_entropy(
-                logits.flatten(0, 1), yb.repeat_interleave(heads), reduction="sum"
+                logits.flatten(0, 1), yb.repeat_interleave(heads), weight=cw, reduction="sum"
             )  # logits (B, G, C) -> (B*G, C)
             opt.zero_grad(set_to_none=True)
             (loss / len(yb)).backward()
@@ -316,6 +319,16 @@ def _fit_heads(
     }
 
 
+def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n / (present classes * n_class) per class (0 for absent ones): averaged over the training
+    examples the weights are 1, so the learning rate means the same as without them."""
+    counts = torch.bincount(y, minlength=num_classes).to(torch.float32)  # (C,)
+    present = counts > 0
+    weights = torch.zeros(num_classes, device=y.device)
+    weights[present] = len(y) / (int(present.sum()) * counts[present])
+    return weights
+
+
 def _head_logits(heads: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """x (M, F) -> logits (G, M, C) of every head."""
     xn = F.layer_norm(x, (x.shape[1],))  # (M, F)
@@ -323,7 +336,12 @@ def _head_logits(heads: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tenso
 
 
 def select_lr(
-    train_x: np.ndarray, train_y: np.ndarray, num_classes: int, seed: int = 0, device: str = "cpu"
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    num_classes: int,
+    seed: int = 0,
+    device: str = "cpu",
+    balanced: bool = False,
 ) -> float:
     """The grid learning rate with the best balanced accuracy (then loss) on a stratified 20%
     split of the training set; DEFAULT_LR when a class has fewer than 2 examples."""
@@ -334,10 +352,13 @@ def select_lr(
     dev = torch.device(device)
     x = torch.as_tensor(train_x, dtype=torch.float32, device=dev)
     y = torch.as_tensor(train_y, dtype=torch.int64, device=dev)
-    heads = _fit_heads(x[fit], y[fit], num_classes, LR_GRID, [seed] * len(LR_GRID))
+    heads = _fit_heads(
+        x[fit], y[fit], num_classes, LR_GRID, [seed] * len(LR_GRID), balanced=balanced
+    )
+    cw = class_weights(y[fit], num_classes) if balanced else None
     with torch.no_grad():
         logits = _head_logits(heads, x[held])  # (G, M, C)
-        losses = [F.cross_entropy(lg, y[held]).item() for lg in logits]
+        losses = [F.cross_entropy(lg, y[held], weight=cw).item() for lg in logits]
     scores = []
     for g, lg in enumerate(logits):
         m = classification_metrics(train_y[held], lg.argmax(-1).cpu().numpy(), num_classes)
@@ -384,13 +405,14 @@ def _probe_many(
     device: str,
     knn_k: int = KNN_K,
     knn_t: float = KNN_T,
+    balanced: bool = False,
 ) -> list[dict[str, Any]]:
     """probe_arrays for several seeds on the same training set: the heads (which differ only by
     their initialisation) train in one batched pass and the kNN vote, which has no seed, runs once."""
     dev = torch.device(device)
     x = torch.as_tensor(train_x, dtype=torch.float32, device=dev)
     y = torch.as_tensor(train_y, dtype=torch.int64, device=dev)
-    heads = _fit_heads(x, y, num_classes, [lr] * len(seeds), list(seeds))
+    heads = _fit_heads(x, y, num_classes, [lr] * len(seeds), list(seeds), balanced=balanced)
     with torch.no_grad():
         logits = _head_logits(heads, torch.as_tensor(val_x, dtype=torch.float32, device=dev))
     knn_pred = knn_predict(train_x, train_y, val_x, num_classes, knn_k, knn_t, device)
@@ -400,7 +422,7 @@ def _probe_many(
         linear = classification_metrics(val_y, logits[g].argmax(-1).cpu().numpy(), num_classes)
         out.append(
             {
-                "linear": {**linear, "lr": float(lr)},
+                "linear": {**linear, "lr": float(lr), "balanced": bool(balanced)},
                 "knn": {**knn, "k": int(min(knn_k, len(train_y))), "temperature": knn_t},
                 "num_train": int(len(train_y)),
                 "num_val": int(len(val_y)),
@@ -420,18 +442,20 @@ def probe_arrays(
     device: str = "cpu",
     knn_k: int = KNN_K,
     knn_t: float = KNN_T,
+    balanced: bool = False,
 ) -> dict[str, Any]:
     """Linear and kNN probes on feature arrays; labels are integers indexing `classes`.
 
     Returns {"linear": metrics + lr, "knn": metrics + k, "num_train", "num_val"} where metrics
-    are those of `classification_metrics`. `lr=None` picks one with `select_lr`.
+    are those of `classification_metrics`. `lr=None` picks one with `select_lr`. `balanced`
+    weights the linear head's classes alike (see `class_weights`).
     """
     train_y = np.asarray(train_y, dtype=np.int64)
     val_y = np.asarray(val_y, dtype=np.int64)
     if lr is None:
-        lr = select_lr(train_x, train_y, len(classes), seed, device)
+        lr = select_lr(train_x, train_y, len(classes), seed, device, balanced)
     return _probe_many(
-        train_x, train_y, val_x, val_y, len(classes), [seed], lr, device, knn_k, knn_t
+        train_x, train_y, val_x, val_y, len(classes), [seed], lr, device, knn_k, knn_t, balanced
     )[0]
 
 
@@ -445,6 +469,7 @@ def probe_protocol(
     seeds: int = 3,
     device: str = "cpu",
     on_result: Callable[[int], None] | None = None,
+    balanced: bool = False,
 ) -> dict[int | str, list[dict[str, Any]]]:
     """The probe of `run_probe` on cached features: for every shots setting, one
     `probe_arrays`-style result per seed. `on_result(n)` is called as n more results are done.
@@ -455,7 +480,7 @@ def probe_protocol(
     out: dict[int | str, list[dict[str, Any]]] = {}
     for s in shots:
         if s == ALL:
-            lr = select_lr(x[train_idx], y[train_idx], len(classes), 0, device)
+            lr = select_lr(x[train_idx], y[train_idx], len(classes), 0, device, balanced)
             out[s] = _probe_many(
                 x[train_idx],
                 y[train_idx],
@@ -465,6 +490,7 @@ def probe_protocol(
                 list(range(int(seeds))),
                 lr,
                 device,
+                balanced=balanced,
             )
             if on_result:
                 on_result(len(out[s]))
@@ -474,9 +500,19 @@ def probe_protocol(
         for seed in range(int(seeds)):
             idx = train_idx[sample_shots(y[train_idx], int(s), seed)]
             if lr is None:
-                lr = select_lr(x[idx], y[idx], len(classes), seed, device)
+                lr = select_lr(x[idx], y[idx], len(classes), seed, device, balanced)
             out[s].append(
-                probe_arrays(x[idx], y[idx], x[val_idx], y[val_idx], classes, seed, lr, device)
+                probe_arrays(
+                    x[idx],
+                    y[idx],
+                    x[val_idx],
+                    y[val_idx],
+                    classes,
+                    seed,
+                    lr,
+                    device,
+                    balanced=balanced,
+                )  # fmt: skip
             )
             if on_result:
                 on_result(1)
@@ -620,9 +656,11 @@ def run_probe(
     batch_size: int = 64,
     workers: int | str = "auto",
     progress: ProgressFn | None = None,
+    balanced: bool = False,
 ) -> ProbeResult:
     """Probe a run's checkpoint or an export with labeled images; write probe.json and a
-    confusion matrix into `out_dir` (default MODEL/probe/)."""
+    confusion matrix into `out_dir` (default MODEL/probe/). `balanced` weights the linear
+    head's classes alike, for imbalanced labels scored by balanced accuracy."""
     from lejepa_cli import __version__
     from lejepa_cli.artifacts import load_encoder, random_encoder
     from lejepa_cli.features import cached_features, calibrate_norm_stats, resolve_device
@@ -711,8 +749,9 @@ def run_probe(
 
     for name, _ in models:
         runs = probe_protocol(
-            features[name].features, y_all, train_idx, val_idx, classes, shot_list, seeds, dev, tick
-        )
+            features[name].features, y_all, train_idx, val_idx, classes, shot_list, seeds, dev, tick,
+            balanced,
+        )  # fmt: skip
         for s, results in runs.items():
             per_seed[(name, s)] = results
 
@@ -802,6 +841,7 @@ def run_probe(
                 "epochs": EPOCHS,
                 "batch_size": BATCH_SIZE,
                 "schedule": "linear warmup + cosine",
+                "class_weights": "balanced" if balanced else "none",
             },
             "knn": {"k": KNN_K, "temperature": KNN_T, "similarity": "cosine"},
         },

@@ -14,6 +14,7 @@ from PIL import Image
 
 from lejepa_cli.cli import main
 from lejepa_cli.probe import (
+    class_weights,
     classification_metrics,
     knn_predict,
     parse_shots,
@@ -159,6 +160,17 @@ def test_cli_probe_prints_table_and_reuses_cached_features(data, tmp_path, capsy
     assert json.loads(capsys.readouterr().out)["cache"]["checkpoint"]["hit"] is False
 
 
+def test_cli_balanced_flag_reaches_the_head_and_the_record(data, tmp_path, capsys):
+    args = ["probe", str(data["run"]), "--labels", str(data["labels"]), "--seeds", "1"]
+    args += ["--out", str(tmp_path / "p"), "--device", "cpu", "--workers", "0", "--balanced"]
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    assert info.value.code == 0
+    assert "linear head with classes weighted alike" in " ".join(capsys.readouterr().out.split())
+    record = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert record["protocol"]["linear"]["class_weights"] == "balanced"
+
+
 def test_vit_probe_features_are_the_last_two_cls_tokens(tmp_path):
     from lejepa_cli.artifacts import load_encoder
     from lejepa_cli.features import embed_features, probe_features
@@ -240,6 +252,29 @@ def test_probe_arrays_on_blobs_and_knn_vote():
     # kNN with k larger than the training set is clamped, and the nearest label wins
     pred = knn_predict(np.eye(3), np.array([0, 1, 2]), np.eye(3) + 0.01, 3, k=50)
     assert pred.tolist() == [0, 1, 2]
+
+
+def test_balanced_head_recovers_the_rare_class():
+    # 20:1 imbalance, overlapping blobs: the plain head mostly answers the common class, the
+    # class-weighted one trades some common-class recall for the rare class.
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(1000, dtype=np.int64), np.ones(50, dtype=np.int64)]
+    x = rng.normal(0, 1, (1050, 16)).astype(np.float32)
+    x[y == 1, :4] += 1.0
+    val_y = np.r_[np.zeros(200, dtype=np.int64), np.ones(200, dtype=np.int64)]
+    val_x = rng.normal(0, 1, (400, 16)).astype(np.float32)
+    val_x[val_y == 1, :4] += 1.0
+    plain = probe_arrays(x, y, val_x, val_y, ["common", "rare"], seed=0, lr=1e-2)["linear"]
+    weighted = probe_arrays(x, y, val_x, val_y, ["common", "rare"], 0, 1e-2, balanced=True)
+    weighted = weighted["linear"]
+    assert not plain["balanced"] and weighted["balanced"]
+    assert plain["per_class_accuracy"][1] < 0.4 < 0.6 < weighted["per_class_accuracy"][1]
+    assert weighted["balanced_accuracy"] > plain["balanced_accuracy"] + 0.1
+
+    import torch
+
+    w = class_weights(torch.tensor([0, 0, 0, 2]), 3)  # 3 of class 0, none of 1, 1 of 2
+    assert torch.allclose(w, torch.tensor([4 / 6, 0.0, 2.0]))  # n / (present classes * n_c)
 
 
 def test_parse_shots():

@@ -57,6 +57,8 @@ def render(result, console) -> None:
 
     src = result.source
     title = f"probe of {src.get('arch')} {src.get('kind')} {src.get('checkpoint') or ''}".strip()
+    if result.data["protocol"]["linear"].get("class_weights") == "balanced":
+        title += ", linear head with classes weighted alike"
     table = Table(title=title, title_justify="left")
     for name, justify in (
         ("model", "left"),
@@ -89,6 +91,8 @@ def render(result, console) -> None:
     per_class.add_column("class")
     per_class.add_column("val images", justify="right")
     heads = [r for r in result.rows if r["head"] == "linear" and r["shots"] == best]
+    if result.data["protocol"]["linear"].get("class_weights") == "balanced":
+        per_class.title += " (classes weighted alike)"
     for r in heads:
         per_class.add_column(r["name"], justify="right")
     counts = result.data.get("val_counts", {})
@@ -152,6 +156,12 @@ def probe(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
     workers: str = typer.Option("auto", "--workers", help="Image-decoding processes, or auto."),
+    balanced: bool = typer.Option(
+        False,
+        "--balanced",
+        help="Weight the linear head's classes alike (cross-entropy weight n / (classes x "
+        "n_class)): for imbalanced labels judged by balanced accuracy. kNN is unchanged.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print probe.json instead of tables."),
 ) -> None:
     """Probe a frozen backbone with labeled images: linear head and kNN, with few-shot seeds.
@@ -179,6 +189,7 @@ def probe(
             batch_size=batch_size,
             workers=workers,
             progress=progress,
+            balanced=balanced,
         )
     if as_json:
         typer.echo(json.dumps(result.data, indent=2))
