@@ -188,14 +188,16 @@ def train_supervised(
     weight_decay: float = 0.05,
     scale: tuple[float, float] = (0.3, 1.0),
     seed: int = 0,
+    balanced: bool = False,
 ) -> dict[str, Any]:
     """Train `arch` from scratch with labels on train_csv, evaluate on test_csv.
 
     Training views: RandomResizedCrop(size, scale) + horizontal flip, the geometric part of the
     LeJEPA global views; evaluation: timm's eval transform for the model (resize, centre crop
     with its crop_pct, normalise), the transform the frozen probe uses. AdamW with no decay on
-    biases and norms, one epoch of linear warmup, then cosine to zero; plain cross-entropy, as
-    the probe's linear head.
+    biases and norms, one epoch of linear warmup, then cosine to zero; cross-entropy as the
+    probe's linear head has it: plain, or with `balanced` each class weighted by
+    n / (classes x n_class) (`lejepa probe --balanced`).
     """
     import numpy as np
     import timm
@@ -205,7 +207,7 @@ def train_supervised(
     from torchvision.transforms import v2
 
     from lejepa_cli.data.decode import load_rgb
-    from lejepa_cli.probe import classification_metrics
+    from lejepa_cli.probe import class_weights, classification_metrics
 
     torch.manual_seed(seed)
     train_paths, train_labels = read_labels(train_csv)
@@ -233,6 +235,7 @@ def train_supervised(
             img = img.resize((max(1, round(w * r)), max(1, round(h * r))), resample=2)
         train_images.append(v2.functional.pil_to_tensor(img))  # (3, H, W) uint8
     y_train = torch.tensor([index[c] for c in train_labels])
+    weight = class_weights(y_train, len(classes)) if balanced else None
     x_test = torch.stack([eval_tf(load_rgb(p)) for p in test_paths])  # (M, 3, S, S)
     y_test = np.array([index[c] for c in test_labels])
     augment = v2.Compose(
@@ -269,7 +272,7 @@ def train_supervised(
             x = (x.float() / 255 - mean) / std
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            loss = F.cross_entropy(model(x), y_train[idx])
+            loss = F.cross_entropy(model(x), y_train[idx], weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -294,6 +297,7 @@ def train_supervised(
         "lr": lr,
         "weight_decay": weight_decay,
         "seed": seed,
+        "class_weights": "balanced" if balanced else "none",
         "num_train": n,
         "num_test": len(test_paths),
         "images_seen": total * batch_size,
@@ -352,6 +356,9 @@ def supervised_main(default_train: Path, default_test: Path, default_out: Path) 
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--balanced", action="store_true", help="weight the classes alike in the cross-entropy"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=default_out, help="result JSON")
     args = parser.parse_args()
@@ -382,6 +389,7 @@ def supervised_main(default_train: Path, default_test: Path, default_out: Path) 
         lr=args.lr,
         weight_decay=args.weight_decay,
         seed=args.seed,
+        balanced=args.balanced,
     )
     result["budget"] = budget
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -520,6 +528,14 @@ def preset_flags(preset: dict[str, Any]) -> list[str]:
     return [part for k, v in preset["pretrain"].items() for part in (f"--{k}", str(v))]
 
 
+def _probe_class_weights(probe_json: Path) -> str | None:
+    """The class weighting a finished probe.json used ("none" before the option), else None."""
+    if not probe_json.is_file():
+        return None
+    probe = json.loads(probe_json.read_text())
+    return probe.get("protocol", {}).get("linear", {}).get("class_weights", "none")
+
+
 def pipeline(
     *,
     name: str,
@@ -530,18 +546,21 @@ def pipeline(
     supervised_script: Path | None,
     supervised_budget: str = "compute",
     threads: int | None = None,
+    balanced: bool = False,
 ) -> dict[str, Any]:
     """pretrain -> probe against random init -> export -> inspect -> supervised -> table.
 
     Every step is skipped when its output is already there, so re-running only does what is
-    missing (an interrupted pretraining is resumed).
+    missing (an interrupted pretraining is resumed). `balanced` weights the classes alike in
+    the probe's linear head and in the supervised reference's loss.
     """
     train_csv, test_csv = data / "train.csv", data / "test.csv"
     pretrain_once(data / "images" / "train", run_dir, pretrain_flags)
 
     probe_dir = run_dir / "probe"
     probe_json = probe_dir / "probe.json"
-    if probe_json.is_file():
+    weights = "balanced" if balanced else "none"
+    if _probe_class_weights(probe_json) == weights:
         print(f"\nprobe already done: {probe_json}")
     else:
         lejepa(
@@ -552,6 +571,7 @@ def pipeline(
             "--seeds", str(probe_seeds),
             "--baseline", "random",
             "--out", probe_dir,
+            *(["--balanced"] if balanced else []),
         )  # fmt: skip
     export_dir = run_dir.with_name(run_dir.name + "-encoder")
     if (export_dir / "model.safetensors").is_file():
@@ -563,7 +583,8 @@ def pipeline(
     lejepa("inspect", run_dir)
 
     supervised = None
-    sup_json = run_dir.with_name(f"{run_dir.name}-supervised-{supervised_budget}.json")
+    suffix = "-balanced" if balanced else ""
+    sup_json = run_dir.with_name(f"{run_dir.name}-supervised-{supervised_budget}{suffix}.json")
     if supervised_script is not None:
         if sup_json.is_file():
             print(f"\nsupervised reference already trained: {sup_json}")
@@ -575,6 +596,7 @@ def pipeline(
                 "--match-run", str(run_dir),
                 "--budget", supervised_budget,
                 "--out", str(sup_json),
+                *(["--balanced"] if balanced else []),
             ]  # fmt: skip
             if threads:
                 cmd += ["--threads", str(threads)]
@@ -598,7 +620,9 @@ def pipeline(
             f"## {name}",
             "",
             f"Frozen-backbone linear probe on the test split ({probe_seeds} seeds; mean ± std "
-            "over seeds), percent:",
+            "over seeds"
+            + ("; probe head and supervised loss weight the classes alike" if balanced else "")
+            + "), percent:",
             "",
             table,
             "",

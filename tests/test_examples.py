@@ -216,6 +216,15 @@ def test_results_table_reads_probe_json_rows():
     assert heads["lejepa_share_of_supervised"] == pytest.approx(0.55 / 0.6)
 
 
+def test_a_finished_probe_is_reused_only_with_the_same_class_weights(tmp_path):
+    probe_json = tmp_path / "probe.json"
+    assert common._probe_class_weights(probe_json) is None  # not probed yet: probe
+    probe_json.write_text(json.dumps({"protocol": {"linear": {"head": "LayerNorm + Linear"}}}))
+    assert common._probe_class_weights(probe_json) == "none"  # written before the option
+    probe_json.write_text(json.dumps({"protocol": {"linear": {"class_weights": "balanced"}}}))
+    assert common._probe_class_weights(probe_json) == "balanced"
+
+
 # ----------------------------------------------------------------------------- screening
 
 

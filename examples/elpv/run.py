@@ -6,6 +6,8 @@ inspect, train the supervised reference, print the results table.
 
 Each step is one `lejepa` command, printed before it runs; a step whose output exists is skipped,
 and an interrupted pretraining is resumed, so re-running picks up where it stopped.
+The classes are imbalanced (58% functional cells) and judged by balanced accuracy, so the
+probe's linear head and the supervised reference weight them alike (`lejepa probe --balanced`).
 Presets (all on the 4-class labels; crops are small because a 2-core CPU is the target):
 
     full  resnet18, 64 px global / 32 px local crops, batch 64, 16 epochs, a checkpoint kept
@@ -79,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         probe_seeds=preset["seeds"],
         supervised_script=HERE / "supervised.py" if supervised else None,
         supervised_budget=args.supervised_budget,
+        balanced=True,  # 4 imbalanced classes, judged by balanced accuracy
     )
 
 
