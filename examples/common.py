@@ -113,8 +113,9 @@ def _weighted_logistic(x, y, num_classes: int, l2: float):
     import torch
     import torch.nn.functional as F
 
-    counts = torch.bincount(y, minlength=num_classes).float().clamp(min=1)
-    weight = counts.sum() / (num_classes * counts)
+    from lejepa_cli.probe import class_weights
+
+    weight = class_weights(y, num_classes)
     w = torch.zeros(x.shape[1], num_classes, requires_grad=True)
     b = torch.zeros(num_classes, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], max_iter=200, line_search_fn="strong_wolfe")

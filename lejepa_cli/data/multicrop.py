@@ -164,7 +164,7 @@ class MultiCrop:
             view = cv2.flip(view, 1)
         colour = self._jitter_matrix(view, rng) if rng.random() < c.jitter_p else None
         if rng.random() < c.grayscale_p:
-            colour = _GREY @ colour if colour is not None else np.hstack([_GREY, np.zeros((3, 1))])
+            colour = _GREY @ (colour if colour is not None else np.eye(3, 4))
         if colour is not None:
             view = _recolour(view, colour)
         if rng.random() < c.blur_p:
@@ -251,7 +251,7 @@ def _crop_box(
 
 def _saturation_matrix(s: float) -> np.ndarray:
     """Blend with the grey image: s * rgb + (1 - s) * luma, as a 3x3 matrix."""
-    return s * np.eye(3) + (1 - s) * np.tile(_LUMA, (3, 1))
+    return s * np.eye(3) + (1 - s) * _GREY
 
 
 def _hue_matrix(hue_factor: float) -> np.ndarray:
