@@ -257,17 +257,16 @@ def _fit_heads(
     seeds: Sequence[int],
     epochs: int = EPOCHS,
     batch_size: int = BATCH_SIZE,
-    balanced: bool = False,
+    class_weight: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Train one LayerNorm + Linear head per (learning rate, seed), all in one batched pass.
 
     Each head's initialisation comes from its seed; the minibatch order from the first seed.
     The LayerNorm has no affine parameters: a scale and shift before a Linear layer are absorbed
     by it, and without them the normalised features are computed once and every head's logits
-    come out of a single matmul. `balanced` weights the cross-entropy by `class_weights(y)`.
+    come out of a single matmul. `class_weight` (C,) weights the cross-entropy's classes.
     """
     n, dim = x.shape
-    cw = class_weights(y, num_classes) if balanced else None
     heads = len(lrs)
     gen = torch.Generator().manual_seed(int(seeds[0]))
     xn = F.layer_norm(x, (dim,))  # (N, F)
@@ -307,7 +306,10 @@ def _fit_heads(
             logits = torch.addmm(torch.cat(bias), xb, w).view(len(yb), heads, num_classes)
             # summed over heads: each head's gradient is its own mean cross-entropy
             loss = F.cross_entropy(
-                logits.flatten(0, 1), yb.repeat_interleave(heads), weight=cw, reduction="sum"
+                logits.flatten(0, 1),
+                yb.repeat_interleave(heads),
+                weight=class_weight,
+                reduction="sum",
             )  # logits (B, G, C) -> (B*G, C)
             opt.zero_grad(set_to_none=True)
             (loss / len(yb)).backward()
@@ -352,10 +354,8 @@ def select_lr(
     dev = torch.device(device)
     x = torch.as_tensor(train_x, dtype=torch.float32, device=dev)
     y = torch.as_tensor(train_y, dtype=torch.int64, device=dev)
-    heads = _fit_heads(
-        x[fit], y[fit], num_classes, LR_GRID, [seed] * len(LR_GRID), balanced=balanced
-    )
     cw = class_weights(y[fit], num_classes) if balanced else None
+    heads = _fit_heads(x[fit], y[fit], num_classes, LR_GRID, [seed] * len(LR_GRID), class_weight=cw)
     with torch.no_grad():
         logits = _head_logits(heads, x[held])  # (G, M, C)
         losses = [F.cross_entropy(lg, y[held], weight=cw).item() for lg in logits]
@@ -412,7 +412,8 @@ def _probe_many(
     dev = torch.device(device)
     x = torch.as_tensor(train_x, dtype=torch.float32, device=dev)
     y = torch.as_tensor(train_y, dtype=torch.int64, device=dev)
-    heads = _fit_heads(x, y, num_classes, [lr] * len(seeds), list(seeds), balanced=balanced)
+    cw = class_weights(y, num_classes) if balanced else None
+    heads = _fit_heads(x, y, num_classes, [lr] * len(seeds), list(seeds), class_weight=cw)
     with torch.no_grad():
         logits = _head_logits(heads, torch.as_tensor(val_x, dtype=torch.float32, device=dev))
     knn_pred = knn_predict(train_x, train_y, val_x, num_classes, knn_k, knn_t, device)

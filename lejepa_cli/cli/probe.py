@@ -57,7 +57,8 @@ def render(result, console) -> None:
 
     src = result.source
     title = f"probe of {src.get('arch')} {src.get('kind')} {src.get('checkpoint') or ''}".strip()
-    if result.data["protocol"]["linear"].get("class_weights") == "balanced":
+    balanced = result.data["protocol"]["linear"].get("class_weights") == "balanced"
+    if balanced:
         title += ", linear head with classes weighted alike"
     table = Table(title=title, title_justify="left")
     for name, justify in (
@@ -91,7 +92,7 @@ def render(result, console) -> None:
     per_class.add_column("class")
     per_class.add_column("val images", justify="right")
     heads = [r for r in result.rows if r["head"] == "linear" and r["shots"] == best]
-    if result.data["protocol"]["linear"].get("class_weights") == "balanced":
+    if balanced:
         per_class.title += " (classes weighted alike)"
     for r in heads:
         per_class.add_column(r["name"], justify="right")
