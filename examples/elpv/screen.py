@@ -13,6 +13,7 @@ test split (`run.py`) for the numbers you report.
 
     python examples/elpv/screen.py random examples/elpv/runs/full/checkpoints/epoch-0016
     python examples/elpv/screen.py random:96 RUN_DIR:96          # MODEL:SIZE, another input size
+    python examples/elpv/screen.py --pool gem random RUN_DIR     # max or GeM pooling, not average
 
 MODEL is a run directory, a checkpoint directory, an export, or `random` (the architecture of
 `--like` at its initialisation, BatchNorm statistics estimated from the training cells).
@@ -45,7 +46,38 @@ def cells(data: Path) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
     return paths, labels, classes, train
 
 
-def features(model: str, like: Path, paths: np.ndarray, train: np.ndarray, workers: int):
+def pooled_features(encoder, paths: np.ndarray, pool: str, workers: int) -> np.ndarray:
+    """The last feature map pooled over positions by its maximum or by GeM (the cube root of the
+    mean cube), instead of the backbone's own average: does a small defect survive pooling?"""
+    import torch
+
+    from lejepa_cli.features import _loader
+
+    backbone = encoder.backbone.eval()
+    out = []
+    with torch.no_grad():
+        for x, ok, _ in _loader(encoder, paths, 64, workers, torch.device("cpu")):
+            if not ok.all():
+                sys.exit("some cells could not be read; run examples/elpv/prepare.py again")
+            fmap = backbone.forward_features(x)  # (B, C, h, w)
+            if fmap.ndim != 4:
+                sys.exit(f"--pool {pool} needs a convolutional backbone (a feature map)")
+            if pool == "max":
+                out.append(fmap.amax(dim=(2, 3)))
+            else:
+                out.append(fmap.clamp(min=1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3))
+    return torch.cat(out).numpy()
+
+
+def features(
+    model: str,
+    like: Path,
+    paths: np.ndarray,
+    train: np.ndarray,
+    workers: int,
+    pool: str = "avg",
+    calibrate: bool = False,
+):
     from lejepa_cli.artifacts import load_encoder, random_encoder
     from lejepa_cli.features import calibrate_norm_stats, probe_features
 
@@ -53,8 +85,10 @@ def features(model: str, like: Path, paths: np.ndarray, train: np.ndarray, worke
     encoder = random_encoder(load_encoder(like)) if name == "random" else load_encoder(name)
     if size:
         encoder.spec = dataclasses.replace(encoder.spec, input_size=int(size))
-    if name == "random":
+    if name == "random" or calibrate:
         calibrate_norm_stats(encoder, paths[train], workers=workers, device="cpu")
+    if pool != "avg":
+        return pooled_features(encoder, paths, pool, workers)
     x, ok = probe_features(encoder, paths, workers=workers, device="cpu")
     if not ok.all():
         sys.exit(f"{int((~ok).sum())} cells could not be read; run examples/elpv/prepare.py again")
@@ -69,6 +103,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3, help="fold assignments to average")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--pool",
+        choices=("avg", "max", "gem"),
+        default="avg",
+        help="how the last feature map becomes a vector (avg: the backbone's own, as `lejepa "
+        "probe` uses it)",
+    )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="re-estimate every model's BatchNorm statistics from the training cells (`random` "
+        "always gets this)",
+    )
     args = parser.parse_args(argv)
     if not (args.data / "cells.csv").is_file():
         sys.exit(f"{args.data / 'cells.csv'} not found; run examples/elpv/prepare.py first")
@@ -81,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     paths, labels, classes, train = cells(args.data)
     print(f"{len(paths)} cells, {len(classes)} classes, {args.folds}-fold CV x {args.repeats}")
     for model in args.models:
-        x = features(model, like, paths, train, args.workers)
+        x = features(model, like, paths, train, args.workers, args.pool, args.calibrate)
         means = [
             cv_balanced_accuracy(x, labels, len(classes), folds=args.folds, seed=seed)[0]
             for seed in range(args.repeats)
