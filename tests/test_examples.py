@@ -245,6 +245,41 @@ def test_cv_balanced_accuracy_separates_signal_from_noise_and_counts_rare_classe
     assert x_rare > 0.6  # an unweighted head scores about 0.5 here
 
 
+def test_screen_pools_the_map_the_probe_averages(tmp_path):
+    """`screen.py --pool max|gem` pools the same last feature map whose average `lejepa probe`
+    reads: max >= GeM >= average position by position (power means), and a defect-like spot in
+    one image moves its max-pooled vector more than its average."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from helpers_runs import make_run
+
+    from lejepa_cli.artifacts import load_encoder
+    from lejepa_cli.features import probe_features
+
+    screen = _load("elpv_screen", EXAMPLES / "elpv" / "screen.py")
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    paths = []
+    for i in range(6):
+        pixels = rng.integers(90, 110, size=(64, 64, 3), dtype=np.uint8)
+        if i == 5:
+            pixels[20:26, 20:26] = 255  # a small bright defect
+        paths.append(str(tmp_path / "images" / f"{i}.png"))
+        Image.fromarray(pixels).save(paths[-1])
+    paths = np.array(paths)
+    encoder = load_encoder(make_run(tmp_path / "run", size=64), "last")  # a map larger than 1x1
+    avg, ok = probe_features(encoder, paths, workers=0, device="cpu")
+    assert ok.all()
+    mx = screen.pooled_features(encoder, paths, "max", workers=0)
+    gem = screen.pooled_features(encoder, paths, "gem", workers=0)
+    assert mx.shape == gem.shape == avg.shape
+    assert (mx >= gem - 1e-5).all() and (gem >= np.maximum(avg, 0) - 1e-5).all()
+    # where every position is non-negative GeM cannot fall below the average, and it lies
+    # strictly between average and max somewhere
+    assert ((gem > avg + 1e-4) & (gem < mx - 1e-4)).any()
+    base = np.abs(mx[:5] - mx[:5].mean(0)).max()
+    assert np.abs(mx[5] - mx[:5].mean(0)).max() > base
+
+
 # ----------------------------------------------------------------------------- end to end (slow)
 
 
