@@ -61,16 +61,30 @@ def kind_of(path: Path) -> str:
     )
 
 
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
 def spec_from_meta(data: dict[str, Any]) -> DataSpec:
+    """The preprocessing recorded in a checkpoint's meta.json or an export's pretrained_cfg;
+    KeyError, TypeError or ValueError when a value is missing or cannot be right."""
     size = data["input_size"]
     size = size[-1] if isinstance(size, (list, tuple)) else size
-    return DataSpec(
+    spec = DataSpec(
         input_size=int(size),
         mean=tuple(float(v) for v in data["mean"]),
         std=tuple(float(v) for v in data["std"]),
         interpolation=str(data["interpolation"]),
         crop_pct=float(data["crop_pct"]),
     )
+    if spec.input_size < 1:
+        raise ValueError(f"input_size {size}")
+    if len(spec.mean) != 3 or len(spec.std) != 3 or not all(v > 0 for v in spec.std):
+        raise ValueError("mean and std need three values, std above 0")
+    if spec.interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation {spec.interpolation!r}")
+    if not spec.crop_pct > 0:
+        raise ValueError(f"crop_pct {spec.crop_pct}")
+    return spec
 
 
 def model_args_of(backbone: nn.Module) -> dict[str, Any]:
@@ -156,9 +170,13 @@ def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
         arch = str(meta["arch"])
         size = int(meta["global_size"])
         spec = spec_from_meta(meta["data"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except KeyError as exc:
         raise CheckpointError(
             f"{ckpt}/meta.json lacks {exc} (arch, global_size, data); the checkpoint is damaged"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{ckpt}/meta.json has an invalid value ({exc}); the checkpoint is damaged"
         ) from None
     config_arch = _saved_arch(run_dir) if run_dir is not None else None
     if config_arch is not None and config_arch != arch:
@@ -195,6 +213,11 @@ def read_export_config(export_dir: Path) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
         if not isinstance(cfg, dict) or "architecture" not in cfg or "pretrained_cfg" not in cfg:
             raise ValueError("no architecture or pretrained_cfg")
+        if not isinstance(cfg["architecture"], str) or not isinstance(cfg["pretrained_cfg"], dict):
+            raise ValueError("architecture must be a name and pretrained_cfg a mapping")
+        for key in ("model_args", "lejepa"):
+            if not isinstance(cfg.get(key) or {}, dict):
+                raise ValueError(f"{key} must be a mapping")
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path} ({exc}); export the run again") from None
     return cfg
@@ -208,9 +231,14 @@ def _from_export(export_dir: Path) -> Encoder:
     pcfg = cfg["pretrained_cfg"]
     try:
         spec = spec_from_meta(pcfg)
-    except (KeyError, TypeError, ValueError) as exc:
+    except KeyError as exc:
         raise CheckpointError(
             f"{export_dir}/config.json pretrained_cfg lacks {exc}; export the run again"
+        ) from None
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{export_dir}/config.json pretrained_cfg has an invalid value ({exc}); export the "
+            "run again"
         ) from None
     path = export_dir / WEIGHTS
     fingerprint = sha256_file(path) if path.is_file() else ""
@@ -221,7 +249,12 @@ def _from_export(export_dir: Path) -> Encoder:
             "or damaged: export the run again"
         )
     weights = _read_weights(path, prefix=None)
-    backbone = _build(arch, model_args)
+    try:
+        backbone = _build(arch, model_args)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{export_dir}/config.json model_args do not build {arch} ({exc}); export the run again"
+        ) from None
     where = f"export {export_dir}"
     _check_shapes(backbone, weights, where, arch)
     _load_strict(backbone, weights, where, arch)

@@ -4,7 +4,8 @@ Layout of one checkpoint, a directory under `RUN/checkpoints/`:
 
     epoch-0003/            (or step-0000150/ for a stop mid-epoch)
         model.safetensors  backbone.* and projector.* weights (timm key names after the prefix)
-        train_state.pt     optimizer state, step counters, RNG states: torch.load(weights_only=True)
+        train_state.safetensors  optimizer state, step counters, RNG states: tensors, and the
+                           structure around them as JSON in the file's metadata
         meta.json          epoch, step, losses, architecture, sizes, time
 
 `RUN/checkpoints/last.json` names the newest complete checkpoint. A checkpoint is written into a
@@ -86,7 +87,7 @@ def save(
     tmp.mkdir()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    torch.save(train_state, tmp / "train_state.pt")
+    save_train_state(train_state, tmp / TRAIN_STATE)
     (tmp / "meta.json").write_text(
         json.dumps({**meta, "name": name, "saved_at": time.time()}, indent=2)
     )
@@ -132,11 +133,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
     try:
-        return json.loads((Path(ckpt) / "meta.json").read_text())
+        meta = json.loads((Path(ckpt) / "meta.json").read_text())
+        if not isinstance(meta, dict):
+            raise ValueError("not a mapping")
+        for key in ("step", "epoch"):
+            value = meta.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{key} is {value!r}, not a whole number")
     except (OSError, ValueError) as exc:
         raise CheckpointError(
             f"cannot read {ckpt}/meta.json ({exc}); the checkpoint is damaged"
         ) from None
+    return meta
 
 
 def last(run_dir: Path) -> Path | None:
@@ -200,8 +208,73 @@ def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tenso
     return {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
 
 
+TRAIN_STATE = "train_state.safetensors"
+_STATE_META = "lejepa_train_state"
+_TRAIN_STATE_KEYS = ("optimizer", "torch_rng", "step")
+
+
+def _encode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """A nest of dicts, lists and tensors as JSON: tensors become {"tensor": key} and move into
+    `tensors`; dicts become {"items": [[key, value], ...]} so integer keys stay integers."""
+    if isinstance(value, torch.Tensor):
+        key = f"t{len(tensors)}"
+        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        return {"tensor": key}
+    if isinstance(value, dict):
+        return {"items": [[k, _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, tensors) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot save a {type(value).__name__} in a train state")
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """The inverse of `_encode`; a ValueError for anything it would not have written."""
+    if isinstance(value, dict):
+        if set(value) == {"tensor"} and value["tensor"] in tensors:
+            return tensors[value["tensor"]]
+        if set(value) == {"items"} and isinstance(value["items"], list):
+            pairs = value["items"]
+            if not all(isinstance(p, list) and len(p) == 2 for p in pairs):
+                raise ValueError("malformed mapping")
+            return {k: _decode(v, tensors) for k, v in pairs}
+        raise ValueError("unknown entry")
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    return value
+
+
+def save_train_state(state: dict[str, Any], path: Path) -> None:
+    """Optimizer state, step and RNG states as safetensors: nothing is pickled, so resuming
+    never unpickles a file from the run directory."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    structure = _encode(state, tensors)
+    save_file(tensors, str(path), metadata={_STATE_META: json.dumps(structure)})
+
+
 def load_train_state(ckpt: Path) -> dict[str, Any]:
+    """The optimizer state, RNG states and step saved beside a checkpoint's weights."""
+    from safetensors import safe_open
+
+    path = Path(ckpt) / TRAIN_STATE
+    fix = f"delete {ckpt} to resume from the checkpoint before it, or start over with --overwrite"
+    if not path.is_file():
+        if (Path(ckpt) / "train_state.pt").is_file():
+            raise CheckpointError(
+                f"{ckpt} was written by an earlier lejepa, whose train state this version does "
+                "not read (it would have to unpickle it); start over with --overwrite"
+            )
+        raise CheckpointError(f"{path} is missing, so the run cannot resume there; {fix}")
     try:
-        return torch.load(Path(ckpt) / "train_state.pt", map_location="cpu", weights_only=True)
-    except Exception as exc:  # any failure here means the file is not ours or is damaged
-        raise CheckpointError(f"cannot read {ckpt}/train_state.pt: {exc}") from None
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not iterable)
+        state = _decode(json.loads(meta[_STATE_META]), tensors)
+    except Exception:  # any failure here means the file is damaged or was not written by us
+        state = None
+    if not isinstance(state, dict) or any(k not in state for k in _TRAIN_STATE_KEYS):
+        raise CheckpointError(f"{path} is damaged or was not written by lejepa pretrain; {fix}")
+    return state

@@ -21,6 +21,8 @@ from lejepa_cli import __version__
 from lejepa_cli.errors import UsageError
 
 AUTO = "auto"
+MAX_SIZE = 4096  # pixels per side of a view
+MAX_SLICES = 65536  # SIGReg directions per step; the recipe uses 1024
 
 # The recipe's augmentation settings per view, as in `lejepa_cli.data.multicrop.MultiCropConfig`
 # (a test keeps the two equal). Counts, sizes and scales of the views have flags of their own;
@@ -87,7 +89,10 @@ class PretrainConfig:
 
 
 # Keys that do not change what is computed: a resume may change them freely.
-RUNTIME_KEYS = frozenset({"workers", "device", "max_steps", "log_every", "compile", "version"})
+# `out` is where the run lives now: a run moved or copied elsewhere resumes there.
+RUNTIME_KEYS = frozenset(
+    {"out", "workers", "device", "max_steps", "log_every", "compile", "version"}
+)
 
 _FIELDS = {f.name: f for f in fields(PretrainConfig)}
 
@@ -165,20 +170,45 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ValueError
             return (lo, hi)
         if isinstance(default, bool):
-            if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
+            if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+                return _BOOL_WORDS[value.lower()]
+            if isinstance(value, bool) or value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if isinstance(value, bool):  # YAML's `true` is not a number
+            raise ValueError
         if "int" in annotation and "float" not in annotation:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
             return int(value)
         if "float" in annotation:
             return float(value)
-        return str(value)
-    except (TypeError, ValueError):
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError, OverflowError):
         raise UsageError(
-            f"invalid value {value!r} for {name} (expected {annotation.replace('str', 'auto')})"
+            f"invalid value {value!r} for {name} (expected {_expected(name)})"
         ) from None
+
+
+_BOOL_WORDS = {w: True for w in ("1", "true", "yes", "on")} | {
+    w: False for w in ("0", "false", "no", "off")
+}
+
+
+def _expected(name: str) -> str:
+    """What a field takes, in words, for an error message."""
+    if name in ("global_scale", "local_scale"):
+        return "two area fractions low,high with 0 < low <= high <= 1, e.g. 0.3,1"
+    if isinstance(_FIELDS[name].default, bool):
+        return "true or false"
+    annotation = str(_FIELDS[name].type)
+    kind = "an integer" if "int" in annotation and "float" not in annotation else None
+    kind = kind or ("a number" if "float" in annotation else "text")
+    if annotation.count("str") and kind != "text":
+        kind += " or 'auto'"
+    return kind
 
 
 def build(overrides: dict[str, Any], base: PretrainConfig | None = None) -> PretrainConfig:
@@ -199,9 +229,13 @@ def validate(cfg: PretrainConfig) -> None:
     checks = [
         (cfg.epochs >= 1, "--epochs must be at least 1"),
         (cfg.batch_size >= 2, "--batch-size must be at least 2 (SIGReg needs a batch)"),
-        (cfg.lr > 0, "--lr must be positive"),
+        (0 < cfg.lr < math.inf, "--lr must be a positive number"),
         (0 <= cfg.lam <= 1, "--lam must be between 0 and 1"),
-        (cfg.num_slices >= 1, "--num-slices must be at least 1"),
+        (0 <= cfg.min_lr_ratio <= 1, "--min-lr-ratio must be between 0 and 1"),
+        (1 <= cfg.num_slices <= MAX_SLICES, f"--num-slices must be between 1 and {MAX_SLICES}"),
+        (cfg.proj_dim >= 1, "--proj-dim must be at least 1"),
+        (cfg.proj_hidden >= 1, "--proj-hidden must be at least 1"),
+        (0 <= cfg.seed < 2**32, "--seed must be between 0 and 4294967295"),
         (cfg.global_views >= 1, "--global-views must be at least 1"),
         (cfg.local_views >= 0, "--local-views must be 0 or more"),
         (cfg.global_views + cfg.local_views >= 2, "use at least two views in total"),
@@ -216,6 +250,10 @@ def validate(cfg: PretrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    for name in ("weight_decay", "warmup_epochs"):
+        value = getattr(cfg, name)
+        if value != AUTO and not 0 <= float(value) < math.inf:
+            raise UsageError(f"--{name.replace('_', '-')} must be 'auto' or a number of 0 or more")
     if cfg.augment != AUGMENT_DEFAULTS:  # ranges and probabilities, checked where they are used
         from lejepa_cli.data.multicrop import MultiCropConfig
 
@@ -223,9 +261,11 @@ def validate(cfg: PretrainConfig) -> None:
     for name in ("global_size", "local_size", "workers", "keep_every", "holdout"):
         value = getattr(cfg, name)
         minimum = 0 if name in ("workers", "holdout") else (1 if name == "keep_every" else 8)
+        flag = "--" + name.replace("_", "-")
         if value != AUTO and int(value) < minimum:
-            flag = "--" + name.replace("_", "-")
             raise UsageError(f"{flag} must be 'auto' or at least {minimum}")
+        if name.endswith("size") and value != AUTO and int(value) > MAX_SIZE:
+            raise UsageError(f"{flag} must be 'auto' or at most {MAX_SIZE} pixels")
 
 
 def augment_kwargs(augment: dict[str, Any]) -> dict[str, Any]:
@@ -240,9 +280,14 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not UTF-8 text; save it as UTF-8 YAML") from None
     except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise UsageError(f"{path} is not valid YAML: {problem}{where}; fix that line") from None
     if not isinstance(raw, dict):
         raise UsageError(f"{path} must hold a mapping of keys to values")
     data = {str(k).replace("-", "_"): v for k, v in raw.items()}

@@ -45,6 +45,16 @@ def check_output(out_file: str | Path) -> str:
             raise UsageError(
                 "writing .parquet needs pyarrow: pip install pyarrow, or use .npz or .csv"
             ) from None
+    out_path = Path(out_file)
+    if out_path.is_dir():
+        raise UsageError(
+            f"--out {out_file} is a folder; give a file name such as {out_path}/embeddings{suffix}"
+        )
+    blocker = next((p for p in out_path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UsageError(
+            f"--out {out_file}: {blocker} is a file, not a folder; choose another path"
+        )
     return suffix
 
 
@@ -58,25 +68,32 @@ def write_embeddings(out_file: Path, embeddings: np.ndarray, paths: list[str]) -
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
     embeddings = np.asarray(embeddings, dtype=np.float32)
-    if suffix == ".npz":
-        with open(tmp, "wb") as f:
-            np.savez(f, embeddings=embeddings, paths=np.array(paths, dtype=str))
-    elif suffix == ".csv":
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", *_columns(embeddings.shape[1])])
-            for path, row in zip(paths, embeddings, strict=True):
-                # 9 significant digits round-trip float32 exactly
-                writer.writerow([path, *(f"{v:.9g}" for v in row)])
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    try:
+        if suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, embeddings=embeddings, paths=np.array(paths, dtype=str))
+        elif suffix == ".csv":
+            # A file name that is not valid UTF-8 is written back as the bytes it has on disk.
+            with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+                writer = csv.writer(f)
+                writer.writerow(["path", *_columns(embeddings.shape[1])])
+                for path, row in zip(paths, embeddings, strict=True):
+                    # 9 significant digits round-trip float32 exactly
+                    writer.writerow([path, *(f"{v:.9g}" for v in row)])
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        columns = {"path": pa.array(paths, type=pa.string())}
-        for i, name in enumerate(_columns(embeddings.shape[1])):
-            columns[name] = pa.array(embeddings[:, i], type=pa.float32())
-        pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, out_file)
+            # Parquet strings are UTF-8: bytes of a name that are not become U+FFFD.
+            names = [os.fsencode(p).decode("utf-8", "replace") for p in paths]
+            columns = {"path": pa.array(names, type=pa.string())}
+            for i, name in enumerate(_columns(embeddings.shape[1])):
+                columns[name] = pa.array(embeddings[:, i], type=pa.float32())
+            pq.write_table(pa.table(columns), tmp)
+        os.replace(tmp, out_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def embed(
@@ -96,7 +113,7 @@ def embed(
 
     out_file = Path(out_file)
     check_output(out_file)  # before any work: a typo in the suffix fails at once
-    index = scan_folder(folder)
+    index = scan_folder(folder, arg="FOLDER")
     if len(index) == 0:
         raise DataError(f"no images found in {folder}; point FOLDER at a folder of images")
     encoder = load_encoder(model_path, checkpoint)

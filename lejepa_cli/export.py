@@ -179,6 +179,8 @@ def export(
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if fmt == "onnx":
         _require_onnx()
+    if not Path(run_dir).exists():
+        raise UsageError(f"{run_dir} does not exist; pass the folder of a pretraining run")
     if kind_of(run_dir) != "run":
         raise UsageError(
             f"{run_dir} is not a run directory; export takes the folder of a pretraining run"

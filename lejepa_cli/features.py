@@ -35,10 +35,19 @@ ProgressFn = Callable[[int, int], None]  # (images done, images in total)
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        from lejepa_cli.errors import UsageError
+    from lejepa_cli.errors import UsageError
 
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device {device} is not a device; use auto, cpu, cuda or cuda:N"
+        ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(
+            f"--device {device}: only cpu and cuda are supported; use auto, cpu or cuda"
+        )
+    if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no GPU is visible; use --device cpu")
     return dev
 
@@ -51,11 +60,16 @@ def resolve_workers(workers: int | str | None, num_images: int) -> int:
             return 0
         return max(1, min(8, (os.cpu_count() or 2) - 1))
     try:
-        return max(0, int(workers))
+        count = int(workers)
+        if count < 0:
+            raise ValueError
+        return count
     except ValueError:
         from lejepa_cli.errors import UsageError
 
-        raise UsageError(f"--workers takes a number or auto, not {workers!r}") from None
+        raise UsageError(
+            f"--workers takes a number of 0 or more, or auto, not {workers!r}"
+        ) from None
 
 
 def data_config(spec: DataSpec) -> dict[str, Any]:

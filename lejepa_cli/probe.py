@@ -66,11 +66,12 @@ def _sort_classes(labels: Sequence[str]) -> list[str]:
 
 
 def read_labels(
-    csv_path: str | Path, root: str | Path | None = None
+    csv_path: str | Path, root: str | Path | None = None, root_flag: str | None = "--root"
 ) -> tuple[list[str], list[str]]:
     """(absolute image paths, labels) from a CSV with header `path,label`.
 
     Paths are relative to `root` when given, else to the CSV's folder; absolute paths are kept.
+    `root_flag` is the option that sets `root` in the calling command (None: it has none).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -111,18 +112,33 @@ def read_labels(
         labels.append(label)
     if not paths:
         raise DataError(f"{csv_path} has a header but no rows; add one `path,label` row per image")
+    folders = [p for p in paths if Path(p).is_dir()]
+    if folders:
+        shown = ", ".join(folders[:3]) + (
+            f" and {len(folders) - 3} more" if len(folders) > 3 else ""
+        )
+        raise DataError(
+            f"{len(folders)} paths in {csv_path} are folders, not images: {shown}; list one "
+            "image file per row"
+        )
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         shown = ", ".join(
             str(Path(p).relative_to(base.resolve())) if _under(p, base) else p for p in missing[:3]
         )
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        hint = (
-            "--root" if root is not None else "--root (paths are read relative to the CSV's folder)"
-        )
+        if root_flag is None:
+            fix = "fix the paths (they are read relative to the CSV's folder)"
+        elif root is not None:
+            fix = f"fix the paths or point {root_flag} at the image folder"
+        else:
+            fix = (
+                f"fix the paths or point {root_flag} at the image folder (paths are read "
+                "relative to the CSV's folder)"
+            )
         raise DataError(
             f"{len(missing)} of {len(paths)} paths in {csv_path} do not exist under {base}: "
-            f"{shown}{more}; fix the paths or point {hint} at the image folder"
+            f"{shown}{more}; {fix}"
         )
     return paths, labels
 
@@ -520,6 +536,19 @@ def probe_protocol(
     return out
 
 
+def check_labels(labels_csv: str | Path) -> tuple[list[str], list[str], list[str]]:
+    """(paths, labels, sorted classes) of the labels CSV that `lejepa pretrain --labels` probes
+    every kept checkpoint with: readable, paths present, at least two classes. Pretraining calls
+    this before its first step, so a bad file fails in a second, not after the whole run."""
+    paths, labels = read_labels(labels_csv, root_flag=None)
+    classes = _sort_classes(labels)
+    if len(classes) < 2:
+        raise DataError(
+            f"{labels_csv} has a single class ('{classes[0]}'); a probe needs at least two"
+        )
+    return paths, labels, classes
+
+
 def probe_backbone_on_csv(
     backbone: torch.nn.Module,
     spec: Any,
@@ -538,10 +567,7 @@ def probe_backbone_on_csv(
     from lejepa_cli.artifacts import Encoder
     from lejepa_cli.features import probe_features
 
-    paths, labels = read_labels(labels_csv)
-    classes = _sort_classes(labels)
-    if len(classes) < 2:
-        raise DataError(f"{labels_csv} has a single class; a probe needs at least two")
+    paths, labels, classes = check_labels(labels_csv)
     y = _encode(labels, classes)
     encoder = Encoder(
         backbone=backbone,

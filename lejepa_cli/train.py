@@ -38,7 +38,14 @@ from torch import nn
 from lejepa_cli import checkpoint, config, distributed
 from lejepa_cli.config import AUTO, PretrainConfig
 from lejepa_cli.distributed import DistInfo
-from lejepa_cli.errors import DataError, DivergedError, Interrupted, RunDirError, UsageError
+from lejepa_cli.errors import (
+    CheckpointError,
+    DataError,
+    DivergedError,
+    Interrupted,
+    RunDirError,
+    UsageError,
+)
 from lejepa_cli.model import (
     DataSpec,
     LeJEPAModel,
@@ -104,6 +111,11 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if not exists:
         return
+    if not overwrite and _is_run_dir(out) and checkpoint.last(out) is None:
+        raise RunDirError(
+            f"run directory {out} holds a run that stopped before its first checkpoint; pass "
+            "--overwrite to start over"
+        )
     if not overwrite:
         raise RunDirError(
             f"run directory {out} already exists and is not empty; pass --resume to continue it "
@@ -133,18 +145,21 @@ def resolve_config(
         raise UsageError("--out is required: the directory where the run is written")
     out_path = Path(out).expanduser().absolute()
     overrides = {**overrides, "out": str(out_path)}
-    if overrides.get("data"):
-        overrides["data"] = str(Path(overrides["data"]).expanduser().absolute())
-    if overrides.get("labels"):
-        overrides["labels"] = str(Path(overrides["labels"]).expanduser().absolute())
+    for key in ("data", "labels"):  # anything else is left for config.build to refuse
+        if isinstance(overrides.get(key), (str, Path)) and overrides[key]:
+            overrides[key] = str(Path(overrides[key]).expanduser().absolute())
     if not resume:
         if not overrides.get("data"):
             raise UsageError("DATA is required: the folder of images to pretrain on")
         return config.build(overrides), []
-    if not (out_path / CONFIG).is_file() or checkpoint.last(out_path) is None:
+    if not (out_path / CONFIG).is_file():
         raise RunDirError(
-            f"nothing to resume in {out_path}: it has no checkpoint; start a run there without "
-            "--resume"
+            f"nothing to resume in {out_path}: it is not a run; start a run there without --resume"
+        )
+    if checkpoint.last(out_path) is None:
+        raise RunDirError(
+            f"nothing to resume in {out_path}: the run stopped before its first checkpoint; "
+            "start it again with --overwrite (without --resume)"
         )
     # --max-steps applies to one invocation: a resume runs on unless it is given again.
     saved = config.read_saved(out_path / CONFIG).replace(max_steps=None)
@@ -527,6 +542,10 @@ def pretrain(
     started = time.time()
     cfg, changes = resolve_config(overrides, resume, force)
     check_arch(cfg.arch)  # before any slow work: a typo should fail in a second
+    if cfg.labels:
+        from lejepa_cli.probe import check_labels
+
+        check_labels(cfg.labels)
     requested_device = (
         cfg.device if cfg.device != AUTO else ("cuda" if torch.cuda.is_available() else "cpu")
     )
@@ -538,6 +557,7 @@ def pretrain(
     runlog: _RunLog | None = None
     try:
         prepare_run_dir(run_dir, resume, overwrite)
+        index = scan_folder(cfg.data)  # a wrong folder fails before the run directory is made
         distributed.barrier()
         if dist.is_main:
             if overwrite and run_dir.exists():
@@ -546,7 +566,6 @@ def pretrain(
             checkpoint.clean_partial(run_dir)
         distributed.barrier()
 
-        index = scan_folder(cfg.data)
         cfg = resolve_auto(cfg, index, dist)
         if cfg.batch_size % dist.world_size:
             raise UsageError(
@@ -589,8 +608,15 @@ def pretrain(
                     "own --arch and sizes"
                 ) from None
             state = checkpoint.load_train_state(ckpt)
-            step_fn.optimizer.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["torch_rng"])
+            try:
+                step_fn.optimizer.load_state_dict(state["optimizer"])
+                torch.set_rng_state(state["torch_rng"])
+                int(state["step"])
+            except (RuntimeError, ValueError, TypeError, KeyError):
+                raise CheckpointError(
+                    f"{ckpt}/{checkpoint.TRAIN_STATE} does not fit this run's model; delete {ckpt} to "
+                    "resume from the checkpoint before it, or start over with --overwrite"
+                ) from None
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
             start_step = int(state["step"])
@@ -754,8 +780,9 @@ def pretrain(
                         scores = after_checkpoint(
                             run_dir, last_ckpt, model, holdout_index, cfg, spec, device
                         )
-                        if scores:
-                            message(_score_line(last_ckpt.name, scores))
+                        line = _score_line(last_ckpt.name, scores) if scores else None
+                        if line:
+                            message(line)
                 distributed.barrier()
                 if stop_reason:
                     break
@@ -816,11 +843,13 @@ def _kept(ckpt: Path, keep_every: int) -> bool:
     return int(name.split("-")[1]) % keep_every == 0
 
 
-def _score_line(name: str, scores: dict[str, Any]) -> str:
-    parts = [f"held-out score at {name}:"]
+def _score_line(name: str, scores: dict[str, Any]) -> str | None:
+    """The held-out score of a checkpoint as one log line; None when nothing was scored (no
+    held-out images, e.g. --holdout 0)."""
+    parts = []
     for key in ("loss", "pred", "sigreg", "effective_rank"):
         if isinstance(scores.get(key), (int, float)):
             parts.append(f"{key} {scores[key]:.4g}")
     if scores.get("collapse_warning"):
         parts.append(f"WARNING: {scores['collapse_warning']}")
-    return " ".join(parts)
+    return f"held-out score at {name}: {' '.join(parts)}" if parts else None

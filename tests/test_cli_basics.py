@@ -59,15 +59,18 @@ def test_library_errors_become_one_line(monkeypatch, capsys, exc, code):
     assert "Traceback" not in err
 
 
-def test_debug_shows_the_traceback(monkeypatch):
+def test_debug_shows_the_traceback(monkeypatch, capsys):
     import lejepa_cli.cli.base as app_module
 
     def fail(*args, **kwargs):
         raise LejepaError("boom")
 
     monkeypatch.setattr(app_module, "app", fail)
-    with pytest.raises(LejepaError):
-        main(["--debug", "anything"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["anything", "--debug"])  # --debug counts after the command too
+    assert exit_info.value.code == LejepaError.exit_code  # the error's own exit code
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "LejepaError: boom" in err
 
 
 def test_command_help_reflows_docstring_paragraphs():

@@ -227,6 +227,11 @@ def test_bad_labels_are_one_clear_line(data, tmp_path, capsys):
     err = _fail(["probe", run, "--labels", str(root / "nothing.csv")], capsys)
     assert "not found" in err
 
+    (root / "a_folder").mkdir(exist_ok=True)
+    folder_row = _write_csv(root / "folder_row.csv", rows[:10] + [("a_folder", "red")])
+    err = _fail(["probe", run, "--labels", str(folder_row)], capsys)
+    assert "are folders, not images" in err and "a_folder" in err
+
 
 def test_metrics_match_hand_computed_values():
     y_true = np.array([0, 0, 0, 1, 1, 2])

@@ -67,7 +67,7 @@ def test_two_epochs_write_the_run_directory(images, tmp_path):
     run = tmp_path / "run"
     assert run_cli("pretrain", str(images), "--out", str(run), "--epochs", "2", *TINY) == 0
 
-    ckpt_files = {"model.safetensors", "train_state.pt", "meta.json", "heldout.json"}
+    ckpt_files = {"model.safetensors", "train_state.safetensors", "meta.json", "heldout.json"}
     expected = {
         "config.yaml",
         "metrics.jsonl",
@@ -193,10 +193,30 @@ def test_sigterm_checkpoints_and_prints_the_resume_command(images, tmp_path):
         (lambda d, t: [str(t / "missing"), "--out", str(t / "r")], "missing"),
         (lambda d, t: [str(t / "empty"), "--out", str(t / "r")], "no images"),
         (lambda d, t: [str(d), "--out", str(t / "r"), "--arch", "resnt18"], "resnet18"),
-        (lambda d, t: [str(d), "--out", str(t / "existing")], "--resume"),
-        (lambda d, t: ["--resume", "--out", str(t / "existing")], "no checkpoint"),
+        # a run that stopped before its first checkpoint: start over, do not resume
+        (lambda d, t: [str(d), "--out", str(t / "existing")], "pass --overwrite"),
+        (lambda d, t: ["--resume", "--out", str(t / "existing")], "with --overwrite"),
+        (lambda d, t: ["--resume", "--out", str(t / "empty")], "it is not a run"),
+        # a labels file is checked before training, not at the first checkpoint
+        (lambda d, t: [str(d), "--out", str(t / "r"), "--labels", str(t / "no.csv")], "no.csv"),
+        (lambda d, t: [str(d), "--out", str(t / "r"), "--proj-hidden", "0"], "--proj-hidden"),
+        (lambda d, t: [str(d), "--out", str(t / "r"), "--seed", "-1"], "--seed"),
+        (lambda d, t: [str(d), "--out", str(t / "r"), "--lr", "inf"], "--lr"),
+        (lambda d, t: [str(d), "--out", str(t / "r"), "--weight-decay", "nan"], "--weight-decay"),
     ],
-    ids=["missing-folder", "no-images", "unknown-arch", "existing-run-dir", "resume-no-checkpoint"],
+    ids=[
+        "missing-folder",
+        "no-images",
+        "unknown-arch",
+        "existing-run-dir",
+        "resume-no-checkpoint",
+        "resume-not-a-run",
+        "labels-missing",
+        "proj-hidden-0",
+        "seed-negative",
+        "lr-inf",
+        "weight-decay-nan",
+    ],  # fmt: skip
 )
 def test_bad_input_is_one_clear_line(images, tmp_path, make_args, needle):
     (tmp_path / "empty").mkdir()
@@ -214,6 +234,7 @@ def test_bad_input_is_one_clear_line(images, tmp_path, make_args, needle):
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()  # refused before the run directory is made
 
 
 def test_epoch_sampler_shards_are_disjoint_and_resume_at_a_batch():
@@ -265,3 +286,11 @@ def test_torchrun_two_processes_on_cpu(images, tmp_path):
         assert a["directions_sum"] == b["directions_sum"]  # same SIGReg directions
         assert a["directions_first"] == b["directions_first"]
     assert rows[0][0]["directions_sum"] != rows[0][1]["directions_sum"]  # new every step
+
+
+def test_score_line_is_left_out_when_nothing_was_held_out():
+    from lejepa_cli.train import _score_line
+
+    assert _score_line("epoch-0001", {}) is None  # --holdout 0: no empty log line
+    line = _score_line("epoch-0002", {"loss": 1.23456, "sigreg": 0.5, "collapse_warning": None})
+    assert line == "held-out score at epoch-0002: loss 1.235 sigreg 0.5"

@@ -6,9 +6,11 @@ Command modules register on `app` and call into the library. Nothing here import
 
 from __future__ import annotations
 
+import errno
 import inspect
 import os
 import sys
+import traceback
 
 import typer
 
@@ -69,8 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app and map errors to one line and an exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
+    # --debug is global: accepted anywhere on the line, not only before the command
+    args = ["--debug", *(a for a in argv if a != "--debug")] if "--debug" in argv else argv
     try:
-        code = app(args=argv, prog_name="lejepa", standalone_mode=False)
+        code = app(args=args, prog_name="lejepa", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -78,17 +82,26 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except LejepaError as exc:
         if debug:
-            raise
-        _error_line(str(exc))
+            traceback.print_exc()  # the traceback, with the error's own exit code
+        else:
+            _error_line(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         if debug:
             raise
         _error_line("interrupted")
         sys.exit(130)
+    except OSError as exc:  # a path the user gave cannot be read or written
+        if debug:
+            raise
+        _error_line(os_error_line(exc))
+        sys.exit(1)
     except Exception as exc:
-        if _is_click_error(exc):  # bad flags or arguments: click's own message, exit 2
-            exc.show()
+        if _is_click_error(exc):  # bad flags or arguments: click's message on one line, exit 2
+            ctx = getattr(exc, "ctx", None)
+            command = getattr(ctx, "command_path", None) or "lejepa"
+            message = exc.format_message().rstrip(".")
+            _error_line(f"{message}{' ' if message.endswith('?') else '; '}see '{command} --help'")
             sys.exit(exc.exit_code)
         if debug:
             raise
@@ -97,7 +110,31 @@ def main(argv: list[str] | None = None) -> None:
             f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
         )
         sys.exit(1)
+    if code == 130:  # Typer turns Ctrl-C inside a command into a bare exit code 130
+        _error_line("interrupted")
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_OS_FIXES = {
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "the file system is read-only; choose another path",
+    errno.EISDIR: "it is a folder; give a file path",
+    errno.ENOTDIR: "part of the path is a file, not a folder; choose another path",
+    errno.EEXIST: "something is already there; choose another path",
+    errno.ENOENT: "check the path",
+    errno.ELOOP: "a symbolic link there points back to itself; fix or remove the link",
+    errno.ENOSPC: "the disk is full; free some space or choose another path",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError as one line: what failed, on which path, and what to do about it."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    where = f": {exc.filename}" if exc.filename is not None else ""
+    fix = _OS_FIXES.get(exc.errno or -1, "check the path and try again")
+    return f"{reason}{where}; {fix}"
 
 
 def _is_click_error(exc: Exception) -> bool:

@@ -26,7 +26,7 @@ def embed(
         help="For a run: last, best, an epoch number or a checkpoint name.",
         show_default="last",
     ),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     workers: str = typer.Option("auto", "--workers", help="Image-decoding processes, or auto."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:

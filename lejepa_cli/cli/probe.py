@@ -155,7 +155,7 @@ def probe(
         "statistics taken from the training images).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
     workers: str = typer.Option("auto", "--workers", help="Image-decoding processes, or auto."),
     balanced: bool = typer.Option(
         False,

@@ -18,7 +18,9 @@ Conversions, chosen once and used everywhere (training, probing, embedding, insp
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import warnings
 from typing import NamedTuple
 
@@ -61,12 +63,19 @@ class ImageHeader(NamedTuple):
 def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
     """Open lazily (header only), mapping every failure to a DecodeError."""
     try:
-        if os.stat(path).st_size == 0:
-            raise DecodeError("empty file (0 bytes)")
+        info = os.stat(path)
     except FileNotFoundError:
         raise DecodeError("missing file or broken symlink") from None
     except PermissionError:
         raise DecodeError("permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DecodeError("symbolic link loop (the link points back to itself)") from None
+        raise DecodeError(f"cannot read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise DecodeError("not a regular file (a device, pipe or socket)")
+    if info.st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             # Our own limit below decides; Pillow's warning between its two thresholds is noise.
@@ -79,6 +88,8 @@ def _open(path: str | os.PathLike, max_pixels: int) -> Image.Image:
         ) from None
     except UnidentifiedImageError:
         raise DecodeError("not an image (unrecognised file format)") from None
+    except PermissionError:
+        raise DecodeError("permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise DecodeError(f"corrupt header: {exc}") from None
     w, h = img.size

@@ -64,7 +64,7 @@ def _histogram_label(lo: int, hi: int | None) -> str:
 def inspect_folder(root: str | Path, sample_size: int = 2000, seed: int = 0) -> FolderReport:
     """Scan `root` and read up to `sample_size` of its images (a seeded random sample)."""
     start = time.perf_counter()
-    index = scan_folder(root)
+    index = scan_folder(root, arg="PATHS")
     n = len(index)
     sampled = n > sample_size
     if sampled:

@@ -195,22 +195,28 @@ class ImageIndex:
         return f"ImageIndex(root={str(self.root)!r}, images={len(self)})"
 
 
-def scan_folder(root: str | os.PathLike) -> ImageIndex:
+def check_folder(root: str | os.PathLike, arg: str = "DATA") -> Path:
+    """`root` as a Path if it is a folder, else a DataError naming the argument `arg` to fix."""
+    root_path = Path(root).expanduser()
+    if not root_path.exists():
+        raise DataError(f"no such folder: {root}; point {arg} at a folder of images")
+    if not root_path.is_dir():
+        raise DataError(
+            f"{root} is a file, not a folder; point {arg} at the folder that holds your images"
+        )
+    return root_path
+
+
+def scan_folder(root: str | os.PathLike, arg: str = "DATA") -> ImageIndex:
     """Every image under `root`, recursively, in a deterministic order.
 
     Order: within a folder, its images sorted by name, then its subfolders sorted by name, each
     visited the same way. Names starting with '.' (files and folders) are skipped. Symlinked
     files count as images by their name (a broken link is reported unreadable when loaded);
     symlinked folders are followed once (a link back up the tree is not followed again).
+    `arg` is how the calling command names the folder, for its error messages.
     """
-    root_path = Path(root).expanduser()
-    if not root_path.exists():
-        raise DataError(f"no such folder: {root}; point DATA at a folder of images")
-    if not root_path.is_dir():
-        raise DataError(
-            f"{root} is a file, not a folder; point DATA at the folder that holds your images"
-        )
-    root_path = root_path.absolute()
+    root_path = check_folder(root, arg).absolute()
 
     dirs: list[str] = []
     name_chunks: list[bytes] = []  # per folder: its image names, encoded and concatenated
@@ -268,7 +274,7 @@ def scan_folder(root: str | os.PathLike) -> ImageIndex:
         looked = ", ".join("." + e for e in IMAGE_EXTENSIONS)
         raise DataError(
             f"no images found in {root} (looked for {looked} in all subfolders, skipping hidden "
-            "ones); point DATA at a folder of images"
+            f"ones); point {arg} at a folder of images"
         )
     lengths = np.concatenate(name_lengths)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)

@@ -1,0 +1,293 @@
+"""Bad input from the user, beyond the per-command tests: tampered artifacts, flag values that
+are out of range, output paths that cannot be written, Ctrl-C. Each must end in one line that
+names the fix and a non-zero exit code, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers_runs import make_run  # noqa: E402
+
+from lejepa_cli import config  # noqa: E402
+from lejepa_cli.cli import main  # noqa: E402
+from lejepa_cli.errors import CheckpointError, UsageError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return make_run(tmp_path_factory.mktemp("runs") / "run")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def _cli(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    return info.value.code, err
+
+
+def _one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err and "unexpected" not in err, err
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- config values
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"compile": "maybe"}, "true or false"),
+        ({"epochs": True}, "an integer"),
+        ({"labels": 5}, "text"),
+        ({"global_scale": "0.5"}, "0 < low <= high <= 1"),
+        ({"seed": 10**20}, "--seed"),
+        ({"seed": -1}, "--seed"),
+        ({"proj_dim": -3}, "--proj-dim"),
+        ({"num_slices": 10**11}, "--num-slices"),
+        ({"global_size": 100_000}, "at most 4096"),
+        ({"warmup_epochs": -5}, "--warmup-epochs"),
+        ({"weight_decay": -1}, "--weight-decay"),
+        ({"lr": float("inf")}, "--lr"),
+    ],
+)
+def test_config_values_out_of_range_are_refused(overrides, needle):
+    with pytest.raises(UsageError) as info:
+        config.build({"data": "d", "out": "o", **overrides})
+    assert needle in str(info.value)
+
+
+def test_config_accepts_the_spellings_a_user_writes():
+    cfg = config.build({"compile": "no", "global_scale": "0.4,1", "weight_decay": 0})
+    assert cfg.compile is False and cfg.global_scale == (0.4, 1.0) and cfg.weight_decay == 0.0
+    assert config.build({"compile": "on"}).compile is True
+
+
+def test_a_run_moved_elsewhere_resumes_without_force():
+    old = config.build({"data": "d", "out": "/runs/a"})
+    assert config.diff(old, old.replace(out="/elsewhere/a")) == []
+    assert config.diff(old, old.replace(lam=0.1)) == [("lam", 0.05, 0.1)]
+
+
+def test_yaml_that_is_not_utf8_or_not_yaml_is_one_line(tmp_path):
+    bad = tmp_path / "run.yaml"
+    bad.write_bytes(b"epochs: \xff\xfe\n")
+    with pytest.raises(UsageError, match="not UTF-8"):
+        config.load_yaml(bad)
+    bad.write_text("epochs: [1, 2\nlr: 3\n")
+    with pytest.raises(UsageError) as info:
+        config.load_yaml(bad)
+    message = str(info.value)
+    assert "\n" not in message and "line 2" in message and "fix that line" in message
+
+
+# ----------------------------------------------------------------------------- artifacts
+
+
+def test_train_state_round_trips_an_optimizer_without_pickle(tmp_path):
+    from lejepa_cli.checkpoint import TRAIN_STATE, load_train_state, save_train_state
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    model(torch.randn(5, 4)).square().sum().backward()
+    opt.step()
+    state = {"optimizer": opt.state_dict(), "step": 7, "torch_rng": torch.get_rng_state()}
+    save_train_state(state, tmp_path / TRAIN_STATE)
+    assert (tmp_path / TRAIN_STATE).read_bytes()[:8] != b"PK\x03\x04"  # not a torch zip
+    back = load_train_state(tmp_path)
+    assert back["step"] == 7 and torch.equal(back["torch_rng"], state["torch_rng"])
+    fresh = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    fresh.load_state_dict(back["optimizer"])  # integer parameter ids and betas survive
+    assert fresh.param_groups[0]["betas"][1] == 0.95
+    for p in model.parameters():
+        for key, value in opt.state[p].items():
+            torch.testing.assert_close(fresh.state[p][key], value)
+
+
+def test_damaged_or_foreign_train_state_is_refused_without_unpickling(tmp_path):
+    from safetensors.torch import save_file
+
+    from lejepa_cli.checkpoint import TRAIN_STATE, load_train_state
+
+    ckpt = tmp_path / "epoch-0001"
+    ckpt.mkdir()
+    with pytest.raises(CheckpointError, match="is missing"):
+        load_train_state(ckpt)
+    state = ckpt / TRAIN_STATE
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    for content in (b"", b"garbage", pickle.dumps(Payload())):
+        state.write_bytes(content)
+        with pytest.raises(CheckpointError) as info:
+            load_train_state(ckpt)
+        message = str(info.value)
+        assert "damaged or was not written by lejepa" in message and "--overwrite" in message
+        assert "\n" not in message
+    save_file({"model": torch.zeros(2)}, str(state))  # safetensors, but not a train state
+    with pytest.raises(CheckpointError, match="damaged or was not written"):
+        load_train_state(ckpt)
+    state.unlink()
+    (ckpt / "train_state.pt").write_bytes(pickle.dumps(Payload()))  # an earlier version's file
+    with pytest.raises(CheckpointError, match="earlier lejepa"):
+        load_train_state(ckpt)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "meta_change, needle",
+    [
+        (lambda m: [m], "not a mapping"),
+        (lambda m: {**m, "step": "abc"}, "step is 'abc'"),
+        (lambda m: {**m, "data": {**m["data"], "std": [0, 0, 0]}}, "invalid value"),
+    ],
+)
+def test_tampered_checkpoint_meta_is_a_damaged_checkpoint(run, tmp_path, meta_change, needle):
+    from lejepa_cli.artifacts import load_encoder
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    meta_path = copy / "checkpoints" / "epoch-0002" / "meta.json"
+    meta_path.write_text(json.dumps(meta_change(json.loads(meta_path.read_text()))))
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(copy, "2")
+    assert needle in str(info.value) and "damaged" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda c: {**c, "model_args": {"bogus": 1}}, "model_args do not build"),
+        (lambda c: {**c, "model_args": ["x"]}, "model_args must be a mapping"),
+        (lambda c: {**c, "lejepa": "x"}, "lejepa must be a mapping"),
+        (lambda c: {**c, "pretrained_cfg": {**c["pretrained_cfg"], "interpolation": "x"}}, "x"),
+        (lambda c: {**c, "pretrained_cfg": {**c["pretrained_cfg"], "input_size": [3, 0, 0]}}, "0"),
+    ],
+)
+def test_tampered_export_config_says_export_again(run, tmp_path, capsys, change, needle):
+    from lejepa_cli.artifacts import load_encoder
+
+    export = tmp_path / "exp"
+    code, err = _cli(["export", str(run), "--out", str(export)], capsys)
+    assert code == 0, err
+    path = export / "config.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(export)
+    assert needle in str(info.value) and "export the run again" in str(info.value)
+
+
+# ----------------------------------------------------------------------------- flags and outputs
+
+
+@pytest.mark.parametrize("device", ["gpu", "tpu", "cuda:x", "meta"])
+def test_embed_and_probe_refuse_a_device_that_is_not_one(run, images, tmp_path, capsys, device):
+    code, err = _cli(
+        ["embed", str(run), str(images), "--out", str(tmp_path / "e.npz"), "--device", device],
+        capsys,
+    )
+    assert code == 2 and "--device" in _one_line(err)
+
+
+def test_negative_workers_and_zero_batch_are_refused(run, images, tmp_path, capsys):
+    out = str(tmp_path / "e.npz")
+    code, err = _cli(["embed", str(run), str(images), "--out", out, "--workers", "-3"], capsys)
+    assert code == 2 and "--workers" in _one_line(err)
+    code, err = _cli(["embed", str(run), str(images), "--out", out, "--batch-size", "0"], capsys)
+    assert code == 2 and "--batch-size" in _one_line(err)  # click's error, on one line too
+    assert "lejepa embed --help" in err
+
+
+def test_embed_output_that_cannot_be_a_file(run, images, tmp_path, capsys):
+    (tmp_path / "d.npz").mkdir()
+    code, err = _cli(["embed", str(run), str(images), "--out", str(tmp_path / "d.npz")], capsys)
+    assert code == 2 and "is a folder" in _one_line(err)
+    (tmp_path / "f.csv").write_text("x")
+    code, err = _cli(
+        ["embed", str(run), str(images), "--out", str(tmp_path / "f.csv" / "e.npz")], capsys
+    )
+    assert code == 2 and "is a file, not a folder" in _one_line(err)
+    assert not list(tmp_path.glob(".*tmp*")) and not list(Path.cwd().glob(".d.npz.tmp-*"))
+
+
+def test_embed_csv_keeps_names_that_are_not_utf8(run, tmp_path, capsys):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    name = os.fsdecode(b"bad\xff\xfename.png")
+    Image.new("RGB", (36, 36), (200, 30, 30)).save(folder / name, format="PNG")
+    out = tmp_path / "e.csv"
+    code, err = _cli(["embed", str(run), str(folder), "--out", str(out)], capsys)
+    assert code == 0, err
+    assert out.read_bytes().splitlines()[1].startswith(b"bad\xff\xfename.png,")
+
+
+def test_link_loops_and_pipes_are_skipped_as_unreadable_images(tmp_path, capsys):
+    from lejepa_cli.data.decode import DecodeError, load_rgb
+
+    (tmp_path / "self.png").symlink_to(tmp_path / "self.png")
+    with pytest.raises(DecodeError, match="symbolic link loop"):
+        load_rgb(tmp_path / "self.png")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.png")
+        with pytest.raises(DecodeError, match="not a regular file"):
+            load_rgb(tmp_path / "pipe.png")  # would block forever if it were opened
+    Image.new("RGB", (36, 36)).save(tmp_path / "ok.png")
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", str(tmp_path)])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "self.png: symbolic link loop" in out
+
+
+def test_os_errors_become_one_line_with_the_path_and_a_fix():
+    from lejepa_cli.cli.base import os_error_line
+
+    line = os_error_line(PermissionError(13, "Permission denied", "/data/out"))
+    assert line == "Permission denied: /data/out; check its permissions or choose another path"
+    assert "free some space" in os_error_line(OSError(28, "No space left on device", "/x"))
+
+
+def test_ctrl_c_inside_a_command_says_interrupted(monkeypatch, capsys):
+    import lejepa_cli.cli.base as base
+
+    stub = typer.Typer()
+
+    @stub.command()
+    def work() -> None:
+        raise KeyboardInterrupt
+
+    @stub.command()
+    def other() -> None:
+        pass
+
+    monkeypatch.setattr(base, "app", stub)
+    with pytest.raises(SystemExit) as info:
+        main(["work"])
+    assert info.value.code == 130
+    assert _one_line(capsys.readouterr().err) == "error: interrupted"
