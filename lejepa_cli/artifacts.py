@@ -76,7 +76,7 @@ def spec_from_meta(data: dict[str, Any]) -> DataSpec:
         interpolation=str(data["interpolation"]),
         crop_pct=float(data["crop_pct"]),
     )
-    if spec.input_size < 1:
+    if not 1 <= spec.input_size <= 4096:
         raise ValueError(f"input_size {size}")
     if len(spec.mean) != 3 or len(spec.std) != 3 or not all(v > 0 for v in spec.std):
         raise ValueError("mean and std need three values, std above 0")

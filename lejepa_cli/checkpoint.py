@@ -268,6 +268,8 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
                 "not read (it would have to unpickle it); start over with --overwrite"
             )
         raise CheckpointError(f"{path} is missing, so the run cannot resume there; {fix}")
+    with open(path, "rb"):  # no permission to read is not damage: let that error say so
+        pass
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}

@@ -236,6 +236,7 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.proj_dim >= 1, "--proj-dim must be at least 1"),
         (cfg.proj_hidden >= 1, "--proj-hidden must be at least 1"),
         (0 <= cfg.seed < 2**32, "--seed must be between 0 and 4294967295"),
+        (cfg.workers == AUTO or int(cfg.workers) <= 64, "--workers must be 'auto' or at most 64"),
         (cfg.global_views >= 1, "--global-views must be at least 1"),
         (cfg.local_views >= 0, "--local-views must be 0 or more"),
         (cfg.global_views + cfg.local_views >= 2, "use at least two views in total"),

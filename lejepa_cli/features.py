@@ -32,6 +32,9 @@ KINDS = ("embed", "probe")
 ProgressFn = Callable[[int, int], None]  # (images done, images in total)
 
 
+MAX_WORKERS = 64  # DataLoader processes; more only costs memory
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -61,14 +64,14 @@ def resolve_workers(workers: int | str | None, num_images: int) -> int:
         return max(1, min(8, (os.cpu_count() or 2) - 1))
     try:
         count = int(workers)
-        if count < 0:
+        if not 0 <= count <= MAX_WORKERS:
             raise ValueError
         return count
     except ValueError:
         from lejepa_cli.errors import UsageError
 
         raise UsageError(
-            f"--workers takes a number of 0 or more, or auto, not {workers!r}"
+            f"--workers takes a number from 0 to {MAX_WORKERS}, or auto, not {workers!r}"
         ) from None
 
 

@@ -143,6 +143,8 @@ def resolve_config(
     out = overrides.get("out")
     if not out:
         raise UsageError("--out is required: the directory where the run is written")
+    if not isinstance(out, (str, Path)):
+        raise UsageError(f"invalid value {out!r} for out (expected a folder path)")
     out_path = Path(out).expanduser().absolute()
     overrides = {**overrides, "out": str(out_path)}
     for key in ("data", "labels"):  # anything else is left for config.build to refuse

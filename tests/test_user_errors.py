@@ -72,6 +72,7 @@ def _one_line(err: str) -> str:
         ({"warmup_epochs": -5}, "--warmup-epochs"),
         ({"weight_decay": -1}, "--weight-decay"),
         ({"lr": float("inf")}, "--lr"),
+        ({"workers": 100_000}, "at most 64"),
     ],
 )
 def test_config_values_out_of_range_are_refused(overrides, needle):
@@ -90,6 +91,14 @@ def test_a_run_moved_elsewhere_resumes_without_force():
     old = config.build({"data": "d", "out": "/runs/a"})
     assert config.diff(old, old.replace(out="/elsewhere/a")) == []
     assert config.diff(old, old.replace(lam=0.1)) == [("lam", 0.05, 0.1)]
+
+
+def test_an_out_that_is_not_a_path_is_refused(tmp_path):
+    from lejepa_cli.train import resolve_config
+
+    for out in (7, ["a"]):
+        with pytest.raises(UsageError, match="expected a folder path"):
+            resolve_config({"data": str(tmp_path), "out": out}, resume=False, force=False)
 
 
 def test_yaml_that_is_not_utf8_or_not_yaml_is_one_line(tmp_path):
@@ -188,6 +197,13 @@ def test_tampered_checkpoint_meta_is_a_damaged_checkpoint(run, tmp_path, meta_ch
         (lambda c: {**c, "lejepa": "x"}, "lejepa must be a mapping"),
         (lambda c: {**c, "pretrained_cfg": {**c["pretrained_cfg"], "interpolation": "x"}}, "x"),
         (lambda c: {**c, "pretrained_cfg": {**c["pretrained_cfg"], "input_size": [3, 0, 0]}}, "0"),
+        (
+            lambda c: {
+                **c,
+                "pretrained_cfg": {**c["pretrained_cfg"], "input_size": [3, 10**5, 10**5]},
+            },
+            "input_size 100000",
+        ),
     ],
 )
 def test_tampered_export_config_says_export_again(run, tmp_path, capsys, change, needle):
@@ -219,6 +235,8 @@ def test_negative_workers_and_zero_batch_are_refused(run, images, tmp_path, caps
     out = str(tmp_path / "e.npz")
     code, err = _cli(["embed", str(run), str(images), "--out", out, "--workers", "-3"], capsys)
     assert code == 2 and "--workers" in _one_line(err)
+    code, err = _cli(["embed", str(run), str(images), "--out", out, "--workers", "100000"], capsys)
+    assert code == 2 and "from 0 to 64" in _one_line(err)
     code, err = _cli(["embed", str(run), str(images), "--out", out, "--batch-size", "0"], capsys)
     assert code == 2 and "--batch-size" in _one_line(err)  # click's error, on one line too
     assert "lejepa embed --help" in err
