@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from lejepa_cli import checkpoint as ckpt_io
+from lejepa_cli.config import MAX_SIZE
 from lejepa_cli.errors import CheckpointError, UsageError
 from lejepa_cli.model import DataSpec
 
@@ -76,7 +77,7 @@ def spec_from_meta(data: dict[str, Any]) -> DataSpec:
         interpolation=str(data["interpolation"]),
         crop_pct=float(data["crop_pct"]),
     )
-    if not 1 <= spec.input_size <= 4096:
+    if not 1 <= spec.input_size <= MAX_SIZE:
         raise ValueError(f"input_size {size}")
     if len(spec.mean) != 3 or len(spec.std) != 3 or not all(v > 0 for v in spec.std):
         raise ValueError("mean and std need three values, std above 0")

@@ -22,7 +22,8 @@ from lejepa_cli.errors import UsageError
 
 AUTO = "auto"
 MAX_SIZE = 4096  # pixels per side of a view
-MAX_SLICES = 65536  # SIGReg directions per step; the recipe uses 1024
+MAX_SLICES = 65536
+MAX_WORKERS = 64  # DataLoader processes per process; more only costs memory  # SIGReg directions per step; the recipe uses 1024
 
 # The recipe's augmentation settings per view, as in `lejepa_cli.data.multicrop.MultiCropConfig`
 # (a test keeps the two equal). Counts, sizes and scales of the views have flags of their own;
@@ -149,6 +150,11 @@ def _coerce_augment(value: Any) -> dict[str, Any]:
     return out
 
 
+_BOOL_WORDS = {w: True for w in ("1", "true", "yes", "on")} | {
+    w: False for w in ("0", "false", "no", "off")
+}
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Type-check one value against the field's annotation, accepting 'auto' where allowed."""
     if name == "augment":
@@ -192,11 +198,6 @@ def _coerce(name: str, value: Any) -> Any:
         ) from None
 
 
-_BOOL_WORDS = {w: True for w in ("1", "true", "yes", "on")} | {
-    w: False for w in ("0", "false", "no", "off")
-}
-
-
 def _expected(name: str) -> str:
     """What a field takes, in words, for an error message."""
     if name in ("global_scale", "local_scale"):
@@ -236,7 +237,6 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.proj_dim >= 1, "--proj-dim must be at least 1"),
         (cfg.proj_hidden >= 1, "--proj-hidden must be at least 1"),
         (0 <= cfg.seed < 2**32, "--seed must be between 0 and 4294967295"),
-        (cfg.workers == AUTO or int(cfg.workers) <= 64, "--workers must be 'auto' or at most 64"),
         (cfg.global_views >= 1, "--global-views must be at least 1"),
         (cfg.local_views >= 0, "--local-views must be 0 or more"),
         (cfg.global_views + cfg.local_views >= 2, "use at least two views in total"),
@@ -265,8 +265,10 @@ def validate(cfg: PretrainConfig) -> None:
         flag = "--" + name.replace("_", "-")
         if value != AUTO and int(value) < minimum:
             raise UsageError(f"{flag} must be 'auto' or at least {minimum}")
-        if name.endswith("size") and value != AUTO and int(value) > MAX_SIZE:
-            raise UsageError(f"{flag} must be 'auto' or at most {MAX_SIZE} pixels")
+        maximum = {"global_size": MAX_SIZE, "local_size": MAX_SIZE, "workers": MAX_WORKERS}
+        if name in maximum and value != AUTO and int(value) > maximum[name]:
+            unit = " pixels" if name.endswith("size") else ""
+            raise UsageError(f"{flag} must be 'auto' or at most {maximum[name]}{unit}")
 
 
 def augment_kwargs(augment: dict[str, Any]) -> dict[str, Any]:

@@ -26,13 +26,11 @@ import torch
 from torch import nn
 
 from lejepa_cli.artifacts import Encoder
+from lejepa_cli.config import MAX_WORKERS
 from lejepa_cli.model import DataSpec
 
 KINDS = ("embed", "probe")
 ProgressFn = Callable[[int, int], None]  # (images done, images in total)
-
-
-MAX_WORKERS = 64  # DataLoader processes; more only costs memory
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -613,7 +613,7 @@ def pretrain(
             try:
                 step_fn.optimizer.load_state_dict(state["optimizer"])
                 torch.set_rng_state(state["torch_rng"])
-                int(state["step"])
+                start_step = int(state["step"])
             except (RuntimeError, ValueError, TypeError, KeyError):
                 raise CheckpointError(
                     f"{ckpt}/{checkpoint.TRAIN_STATE} does not fit this run's model; delete {ckpt} to "
@@ -621,7 +621,6 @@ def pretrain(
                 ) from None
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
-            start_step = int(state["step"])
         start_epoch, start_batch = divmod(start_step, steps_per_epoch)
 
         dataset = MultiCropDataset(train_index, MultiCrop(multicrop_config(cfg)), seed=cfg.seed)

@@ -195,18 +195,6 @@ class ImageIndex:
         return f"ImageIndex(root={str(self.root)!r}, images={len(self)})"
 
 
-def check_folder(root: str | os.PathLike, arg: str = "DATA") -> Path:
-    """`root` as a Path if it is a folder, else a DataError naming the argument `arg` to fix."""
-    root_path = Path(root).expanduser()
-    if not root_path.exists():
-        raise DataError(f"no such folder: {root}; point {arg} at a folder of images")
-    if not root_path.is_dir():
-        raise DataError(
-            f"{root} is a file, not a folder; point {arg} at the folder that holds your images"
-        )
-    return root_path
-
-
 def scan_folder(root: str | os.PathLike, arg: str = "DATA") -> ImageIndex:
     """Every image under `root`, recursively, in a deterministic order.
 
@@ -216,7 +204,14 @@ def scan_folder(root: str | os.PathLike, arg: str = "DATA") -> ImageIndex:
     symlinked folders are followed once (a link back up the tree is not followed again).
     `arg` is how the calling command names the folder, for its error messages.
     """
-    root_path = check_folder(root, arg).absolute()
+    root_path = Path(root).expanduser()
+    if not root_path.exists():
+        raise DataError(f"no such folder: {root}; point {arg} at a folder of images")
+    if not root_path.is_dir():
+        raise DataError(
+            f"{root} is a file, not a folder; point {arg} at the folder that holds your images"
+        )
+    root_path = root_path.absolute()
 
     dirs: list[str] = []
     name_chunks: list[bytes] = []  # per folder: its image names, encoded and concatenated
