@@ -116,12 +116,20 @@ def _load_strict(backbone: nn.Module, weights: dict, where: str, arch: str) -> N
         )
 
 
+def _known_arch(arch: str, where: str) -> None:
+    """A saved architecture that the installed timm lacks is not something `--arch` can fix."""
+    import timm
+
+    if not timm.is_model(arch):
+        raise CheckpointError(
+            f"{where} holds a '{arch}' backbone, which the installed timm {timm.__version__} does "
+            "not know; install the timm release it was made with"
+        )
+
+
 def _build(arch: str, model_args: dict[str, Any]) -> nn.Module:
     import timm
 
-    from lejepa_cli.model import check_arch
-
-    check_arch(arch)
     return timm.create_model(arch, pretrained=False, num_classes=0, **model_args)
 
 
@@ -185,6 +193,7 @@ def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
             f"checkpoint {ckpt.name} holds weights for {arch}, not {config_arch} as "
             f"{run_dir}/config.yaml says; the checkpoint was copied from another run"
         )
+    _known_arch(arch, f"checkpoint {ckpt}")
     weights = _read_weights(ckpt / WEIGHTS, prefix="backbone")
     backbone = build_backbone(arch, img_size=size)
     where = f"checkpoint {ckpt.name}"
@@ -249,6 +258,7 @@ def _from_export(export_dir: Path) -> Encoder:
             f"{path} does not match the sha256 recorded in config.json; the file was changed "
             "or damaged: export the run again"
         )
+    _known_arch(arch, f"export {export_dir}")
     weights = _read_weights(path, prefix=None)
     try:
         backbone = _build(arch, model_args)

@@ -76,8 +76,6 @@ def save(
     `before_rename` is called with the temporary directory once its files are written; tests
     use it to simulate a crash in the middle of a checkpoint write.
     """
-    from safetensors.torch import save_file
-
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
@@ -86,7 +84,7 @@ def save(
         shutil.rmtree(tmp)
     tmp.mkdir()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_tensors(tensors, tmp / "model.safetensors", {"format": "pt"})
     save_train_state(train_state, tmp / TRAIN_STATE)
     (tmp / "meta.json").write_text(
         json.dumps({**meta, "name": name, "saved_at": time.time()}, indent=2)
@@ -147,12 +145,18 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
     return meta
 
 
+def _plain_name(name: Any) -> bool:
+    """A checkpoint name from a file in the run: one folder inside checkpoints/, never a path
+    that leads out of the run."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
+
+
 def last(run_dir: Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     root = Path(run_dir) / CHECKPOINTS
     try:
         name = json.loads((root / LAST).read_text())["name"]
-        if (root / name / "meta.json").is_file():
+        if _plain_name(name) and (root / name / "meta.json").is_file():
             return root / name
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -177,7 +181,7 @@ def resolve(run_dir: Path, which: str = "last") -> Path:
             best = json.loads(report.read_text()).get("recommended", {}).get("checkpoint")
         except (OSError, ValueError, AttributeError):
             best = None
-        if best and (run_dir / CHECKPOINTS / best / "meta.json").is_file():
+        if _plain_name(best) and (run_dir / CHECKPOINTS / best / "meta.json").is_file():
             return run_dir / CHECKPOINTS / best
         raise RunDirError(
             f"{run_dir} has no checkpoint ranking yet (report.json); use --checkpoint last or an epoch number"
@@ -186,10 +190,28 @@ def resolve(run_dir: Path, which: str = "last") -> Path:
         path = run_dir / CHECKPOINTS / epoch_name(int(which))
     else:
         path = run_dir / CHECKPOINTS / which
-    if not (path / "meta.json").is_file():
+    if not _plain_name(path.name) or path.parent != run_dir / CHECKPOINTS or not (
+        path / "meta.json"
+    ).is_file():
         names = ", ".join(p.name for p in found)
         raise RunDirError(f"no checkpoint '{which}' in {run_dir}; available: last, best, {names}")
     return path
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors' save_file, with its I/O failures raised as the OSError they are (so the
+    command line names the path and the fix instead of an unexpected SafetensorError)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code is None:
+            raise
+        num = int(code.group(1))
+        raise OSError(num, os.strerror(num), str(path)) from None
 
 
 def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
@@ -248,11 +270,23 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def save_train_state(state: dict[str, Any], path: Path) -> None:
     """Optimizer state, step and RNG states as safetensors: nothing is pickled, so resuming
     never unpickles a file from the run directory."""
-    from safetensors.torch import save_file
-
     tensors: dict[str, torch.Tensor] = {}
     structure = _encode(state, tensors)
-    save_file(tensors, str(path), metadata={_STATE_META: json.dumps(structure)})
+    save_tensors(tensors, path, {_STATE_META: json.dumps(structure)})
+
+
+def damaged_fix(ckpt: Path) -> str:
+    """What to do about a damaged checkpoint: go back to an earlier one when the run has one."""
+    ckpt = Path(ckpt)
+    try:
+        earlier = [p for p in list_checkpoints(ckpt.parent.parent) if p.name != ckpt.name]
+    except CheckpointError:  # another checkpoint is damaged too
+        earlier = []
+    if earlier:
+        return (
+            f"delete {ckpt} to resume from {earlier[-1].name}, or start over with --overwrite"
+        )
+    return "it is the run's only checkpoint: start over with --overwrite"
 
 
 def load_train_state(ckpt: Path) -> dict[str, Any]:
@@ -260,7 +294,7 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     path = Path(ckpt) / TRAIN_STATE
-    fix = f"delete {ckpt} to resume from the checkpoint before it, or start over with --overwrite"
+    fix = damaged_fix(ckpt)
     if not path.is_file():
         if (Path(ckpt) / "train_state.pt").is_file():
             raise CheckpointError(

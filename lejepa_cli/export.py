@@ -189,8 +189,6 @@ def export(
     ckpt_io.resolve(run_dir, which)  # no checkpoint, or an unknown one: fail before writing
     _check_out_dir(out, run_dir, overwrite)
 
-    from safetensors.torch import save_file
-
     from lejepa_cli.artifacts import load_encoder
 
     encoder = load_encoder(run_dir, which)
@@ -202,7 +200,10 @@ def export(
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
     tmp = out / f".{WEIGHTS}.tmp-{os.getpid()}"
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    try:
+        ckpt_io.save_tensors(tensors, tmp, {"format": "pt"})
+    except OSError as exc:  # name the folder the user gave, not the temporary file in it
+        raise OSError(exc.errno, exc.strerror, str(out)) from None
     os.replace(tmp, out / WEIGHTS)
     digest = sha256_file(out / WEIGHTS)
 

@@ -74,8 +74,10 @@ def read_labels(
     `root_flag` is the option that sets `root` in the calling command (None: it has none).
     """
     csv_path = Path(csv_path)
+    if csv_path.is_dir():
+        raise DataError(f"labels {csv_path} is a folder; pass the CSV file (path,label) in it")
     if not csv_path.is_file():
-        raise DataError(f"labels file not found: {csv_path}")
+        raise DataError(f"labels file not found: {csv_path}; check the path")
     base = Path(root) if root is not None else csv_path.parent
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -693,6 +695,8 @@ def run_probe(
     from lejepa_cli.features import cached_features, calibrate_norm_stats, resolve_device
 
     started = time.time()
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UsageError(f"--out {out_dir} is a file; pass a folder for the probe results")
     shot_list = parse_shots(shots)
     if int(seeds) < 1:
         raise UsageError("--seeds must be at least 1")

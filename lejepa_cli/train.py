@@ -560,19 +560,22 @@ def pretrain(
     try:
         prepare_run_dir(run_dir, resume, overwrite)
         index = scan_folder(cfg.data)  # a wrong folder fails before the run directory is made
-        distributed.barrier()
-        if dist.is_main:
-            if overwrite and run_dir.exists():
-                _clear_run_dir(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.clean_partial(run_dir)
-        distributed.barrier()
-
+        # every check that needs the images runs before the run directory is touched
         cfg = resolve_auto(cfg, index, dist)
         if cfg.batch_size % dist.world_size:
             raise UsageError(
                 f"--batch-size {cfg.batch_size} does not split evenly over {dist.world_size} "
                 f"processes; use a multiple of {dist.world_size}"
+            )
+        if int(cfg.local_size) > int(cfg.global_size):
+            raise UsageError(
+                f"--local-size {cfg.local_size} is larger than --global-size {cfg.global_size}; "
+                "local crops are the small views: swap the two or lower --local-size"
+            )
+        if int(cfg.holdout) >= len(index):
+            raise UsageError(
+                f"--holdout {cfg.holdout} keeps all {len(index)} images in {cfg.data} out of "
+                "training; pass a smaller --holdout (0 turns the held-out score off)"
             )
         train_index, holdout_index = split_holdout(index, int(cfg.holdout))
         steps_per_epoch = len(train_index) // cfg.batch_size
@@ -581,6 +584,14 @@ def pretrain(
                 f"{len(train_index)} training images in {cfg.data} do not fill one batch of "
                 f"{cfg.batch_size}; lower --batch-size (or --holdout)"
             )
+        distributed.barrier()
+        if dist.is_main:
+            if overwrite and run_dir.exists():
+                _clear_run_dir(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.clean_partial(run_dir)
+        distributed.barrier()
+
         total_steps = steps_per_epoch * cfg.epochs
 
         device = torch.device(cfg.device)
@@ -616,8 +627,8 @@ def pretrain(
                 start_step = int(state["step"])
             except (RuntimeError, ValueError, TypeError, KeyError):
                 raise CheckpointError(
-                    f"{ckpt}/{checkpoint.TRAIN_STATE} does not fit this run's model; delete {ckpt} to "
-                    "resume from the checkpoint before it, or start over with --overwrite"
+                    f"{ckpt}/{checkpoint.TRAIN_STATE} does not fit this run's model; "
+                    + checkpoint.damaged_fix(ckpt)
                 ) from None
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)

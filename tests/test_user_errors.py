@@ -309,3 +309,105 @@ def test_ctrl_c_inside_a_command_says_interrupted(monkeypatch, capsys):
         main(["work"])
     assert info.value.code == 130
     assert _one_line(capsys.readouterr().err) == "error: interrupted"
+
+
+# ----------------------------------------------------------------------------- third review
+
+
+def test_a_failed_weights_write_is_the_os_error_it_is(run, tmp_path, capsys):
+    from lejepa_cli.checkpoint import save_tensors
+
+    with pytest.raises(FileNotFoundError) as info:
+        save_tensors({"a": torch.zeros(2)}, tmp_path / "gone" / "w.safetensors", {})
+    assert info.value.filename == str(tmp_path / "gone" / "w.safetensors")
+    # export: the weights' temporary file cannot be created (a folder is in the way)
+    out = tmp_path / "exp"
+    (out / f".model.safetensors.tmp-{os.getpid()}").mkdir(parents=True)
+    code, err = _cli(["export", str(run), "--out", str(out), "--overwrite"], capsys)
+    line = _one_line(err)
+    assert code == 1 and f": {out};" in line and "SafetensorError" not in line
+
+
+def test_probe_out_that_is_a_file_names_the_flag(run, tmp_path, capsys):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label\na.png,x\n")
+    (tmp_path / "results").write_text("x")
+    code, err = _cli(
+        ["probe", str(run), "--labels", str(labels), "--out", str(tmp_path / "results")], capsys
+    )
+    assert code == 2 and "--out" in _one_line(err) and "is a file" in err
+    code, err = _cli(["probe", str(run), "--labels", str(tmp_path)], capsys)
+    assert code == 2 and "is a folder" in _one_line(err)
+
+
+def test_a_saved_architecture_timm_lacks_is_not_an_arch_flag_problem(run, tmp_path, capsys):
+    from lejepa_cli.artifacts import load_encoder
+
+    export = tmp_path / "exp"
+    assert _cli(["export", str(run), "--out", str(export)], capsys)[0] == 0
+    path = export / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "architecture": "no_such_net"}))
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(export)
+    assert "install the timm release" in str(info.value) and "--arch" not in str(info.value)
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    meta_path = copy / "checkpoints" / "epoch-0002" / "meta.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "arch": "no_such_net"}))
+    (copy / "config.yaml").write_text(
+        (copy / "config.yaml").read_text().replace("test_resnet", "no_such_net")
+    )
+    with pytest.raises(CheckpointError, match="install the timm release"):
+        load_encoder(copy, "2")
+
+
+def test_checkpoint_names_from_files_stay_inside_the_run(run, tmp_path):
+    from lejepa_cli import checkpoint
+    from lejepa_cli.errors import RunDirError
+
+    copy = tmp_path / "runs" / "run"
+    shutil.copytree(run, copy)
+    outside = tmp_path / "runs" / "planted"
+    shutil.copytree(copy / "checkpoints" / "epoch-0001", outside)
+    (copy / "checkpoints" / "last.json").write_text(json.dumps({"name": "../../planted"}))
+    assert checkpoint.last(copy) == copy / "checkpoints" / "epoch-0002"
+    (copy / "report.json").write_text(json.dumps({"recommended": {"checkpoint": "../../planted"}}))
+    with pytest.raises(RunDirError):
+        checkpoint.resolve(copy, "best")
+    with pytest.raises(RunDirError):
+        checkpoint.resolve(copy, "../../planted")
+
+
+def test_a_damaged_train_state_points_at_the_checkpoint_before_it_only_if_there_is_one(
+    run, tmp_path
+):
+    from lejepa_cli.checkpoint import TRAIN_STATE, load_train_state
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "checkpoints" / "epoch-0002" / TRAIN_STATE).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError) as info:
+        load_train_state(copy / "checkpoints" / "epoch-0002")
+    assert "resume from epoch-0001" in str(info.value)
+    shutil.rmtree(copy / "checkpoints" / "epoch-0001")
+    with pytest.raises(CheckpointError) as info:
+        load_train_state(copy / "checkpoints" / "epoch-0002")
+    assert "only checkpoint" in str(info.value) and "--overwrite" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--holdout", "3"], "--holdout 3 keeps all 3 images"),
+        (["--global-size", "16", "--local-size", "32"], "--local-size 32 is larger"),
+    ],
+)
+def test_pretrain_refuses_before_making_the_run_directory(images, tmp_path, capsys, flags, needle):
+    out = tmp_path / "run"
+    code, err = _cli(
+        ["pretrain", str(images), "--out", str(out), "--batch-size", "2", "--device", "cpu",
+         *flags],
+        capsys,
+    )
+    assert code == 2 and needle in _one_line(err)
+    assert not out.exists()
