@@ -190,9 +190,11 @@ def resolve(run_dir: Path, which: str = "last") -> Path:
         path = run_dir / CHECKPOINTS / epoch_name(int(which))
     else:
         path = run_dir / CHECKPOINTS / which
-    if not _plain_name(path.name) or path.parent != run_dir / CHECKPOINTS or not (
-        path / "meta.json"
-    ).is_file():
+    if (
+        not _plain_name(path.name)
+        or path.parent != run_dir / CHECKPOINTS
+        or not (path / "meta.json").is_file()
+    ):
         names = ", ".join(p.name for p in found)
         raise RunDirError(f"no checkpoint '{which}' in {run_dir}; available: last, best, {names}")
     return path
@@ -283,9 +285,7 @@ def damaged_fix(ckpt: Path) -> str:
     except CheckpointError:  # another checkpoint is damaged too
         earlier = []
     if earlier:
-        return (
-            f"delete {ckpt} to resume from {earlier[-1].name}, or start over with --overwrite"
-        )
+        return f"delete {ckpt} to resume from {earlier[-1].name}, or start over with --overwrite"
     return "it is the run's only checkpoint: start over with --overwrite"
 
 

@@ -405,8 +405,17 @@ def test_a_damaged_train_state_points_at_the_checkpoint_before_it_only_if_there_
 def test_pretrain_refuses_before_making_the_run_directory(images, tmp_path, capsys, flags, needle):
     out = tmp_path / "run"
     code, err = _cli(
-        ["pretrain", str(images), "--out", str(out), "--batch-size", "2", "--device", "cpu",
-         *flags],
+        [
+            "pretrain",
+            str(images),
+            "--out",
+            str(out),
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+            *flags,
+        ],
         capsys,
     )
     assert code == 2 and needle in _one_line(err)
