@@ -218,7 +218,10 @@ def train_supervised(
     unknown = sorted(set(test_labels) - set(classes))
     if unknown:
         sys.exit(f"{test_csv} has labels missing from {train_csv}: {', '.join(unknown)}")
-    model = timm.create_model(arch, pretrained=False, num_classes=len(classes))
+    try:  # a ViT takes its input size, as pretraining builds it (build_backbone)
+        model = timm.create_model(arch, pretrained=False, num_classes=len(classes), img_size=size)
+    except TypeError:  # a CNN: any input size
+        model = timm.create_model(arch, pretrained=False, num_classes=len(classes))
     data_cfg = resolve_data_config({"input_size": (3, size, size)}, model=model)
     eval_tf = create_transform(**data_cfg)
     mean = torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1)
@@ -526,7 +529,11 @@ def run_arguments(doc: str, here: Path, presets: dict[str, Any]) -> argparse.Arg
 
 def preset_flags(preset: dict[str, Any]) -> list[str]:
     """`lejepa pretrain` flags of a preset's {flag name: value}."""
-    return [part for k, v in preset["pretrain"].items() for part in (f"--{k}", str(v))]
+    flags = []
+    for k, v in preset["pretrain"].items():
+        for value in v if isinstance(v, list) else [v]:  # a list repeats the flag
+            flags += [f"--{k}", str(value)]
+    return flags
 
 
 def _probe_class_weights(probe_json: Path) -> str | None:
