@@ -31,9 +31,9 @@ from common import pipeline, preset_flags, run_arguments  # noqa: E402
 from prepare import prepare  # noqa: E402
 
 # Pretraining flags of each preset (flag name -> value, as typed after `lejepa pretrain`; a list
-# repeats the flag). ViT-Tiny: a random ResNet's pooled features already sort these cells about
-# as well as a ResNet trained with the labels does at this budget (README, Results), so the
-# example pretrains the paper's own family; the views keep the cells' fine texture (no blur, no
+# repeats the flag). ViT-Tiny: a random ResNet's pooled features already sort these cells within
+# 5 points of a ResNet trained with the labels at this budget (README, Results), so the example
+# pretrains the paper's own family; the views keep the cells' fine texture (no blur, no
 # solarize, crops of 60-100% and 20-50% of the cell).
 SMALL = {
     "arch": "vit_tiny_patch16_224",

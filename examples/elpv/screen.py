@@ -11,7 +11,7 @@ Weighting the classes makes the head aim at balanced accuracy, so the rare class
 The test cells are used for scoring here, so use this to choose between settings, and the fixed
 test split (`run.py`) for the numbers you report.
 
-    python examples/elpv/screen.py random examples/elpv/runs/full/checkpoints/epoch-0016
+    python examples/elpv/screen.py random examples/elpv/runs/full/checkpoints/epoch-0020
     python examples/elpv/screen.py random:96 RUN_DIR:96          # MODEL:SIZE, another input size
     python examples/elpv/screen.py --pool gem random RUN_DIR     # max or GeM pooling, not average
 
