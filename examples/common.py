@@ -201,13 +201,13 @@ def train_supervised(
     n / (classes x n_class) (`lejepa probe --balanced`).
     """
     import numpy as np
-    import timm
     import torch
     import torch.nn.functional as F
     from timm.data import create_transform, resolve_data_config
     from torchvision.transforms import v2
 
     from lejepa_cli.data.decode import load_rgb
+    from lejepa_cli.model import build_backbone
     from lejepa_cli.probe import class_weights, classification_metrics
 
     torch.manual_seed(seed)
@@ -218,10 +218,9 @@ def train_supervised(
     unknown = sorted(set(test_labels) - set(classes))
     if unknown:
         sys.exit(f"{test_csv} has labels missing from {train_csv}: {', '.join(unknown)}")
-    try:  # a ViT takes its input size, as pretraining builds it (build_backbone)
-        model = timm.create_model(arch, pretrained=False, num_classes=len(classes), img_size=size)
-    except TypeError:  # a CNN: any input size
-        model = timm.create_model(arch, pretrained=False, num_classes=len(classes))
+    model = build_backbone(
+        arch, img_size=size, num_classes=len(classes)
+    )  # as pretraining builds it
     data_cfg = resolve_data_config({"input_size": (3, size, size)}, model=model)
     eval_tf = create_transform(**data_cfg)
     mean = torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1)

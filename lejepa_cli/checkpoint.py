@@ -186,15 +186,9 @@ def resolve(run_dir: Path, which: str = "last") -> Path:
         raise RunDirError(
             f"{run_dir} has no checkpoint ranking yet (report.json); use --checkpoint last or an epoch number"
         )
-    if which.isdigit():
-        path = run_dir / CHECKPOINTS / epoch_name(int(which))
-    else:
-        path = run_dir / CHECKPOINTS / which
-    if (
-        not _plain_name(path.name)
-        or path.parent != run_dir / CHECKPOINTS
-        or not (path / "meta.json").is_file()
-    ):
+    name = epoch_name(int(which)) if which.isdigit() else which
+    path = run_dir / CHECKPOINTS / name
+    if not _plain_name(name) or not (path / "meta.json").is_file():
         names = ", ".join(p.name for p in found)
         raise RunDirError(f"no checkpoint '{which}' in {run_dir}; available: last, best, {names}")
     return path
@@ -294,14 +288,15 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     path = Path(ckpt) / TRAIN_STATE
-    fix = damaged_fix(ckpt)
     if not path.is_file():
         if (Path(ckpt) / "train_state.pt").is_file():
             raise CheckpointError(
                 f"{ckpt} was written by an earlier lejepa, whose train state this version does "
                 "not read (it would have to unpickle it); start over with --overwrite"
             )
-        raise CheckpointError(f"{path} is missing, so the run cannot resume there; {fix}")
+        raise CheckpointError(
+            f"{path} is missing, so the run cannot resume there; {damaged_fix(ckpt)}"
+        )
     with open(path, "rb"):  # no permission to read is not damage: let that error say so
         pass
     try:
@@ -312,5 +307,7 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
     except Exception:  # any failure here means the file is damaged or was not written by us
         state = None
     if not isinstance(state, dict) or any(k not in state for k in _TRAIN_STATE_KEYS):
-        raise CheckpointError(f"{path} is damaged or was not written by lejepa pretrain; {fix}")
+        raise CheckpointError(
+            f"{path} is damaged or was not written by lejepa pretrain; {damaged_fix(ckpt)}"
+        )
     return state

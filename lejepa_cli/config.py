@@ -22,8 +22,8 @@ from lejepa_cli.errors import UsageError
 
 AUTO = "auto"
 MAX_SIZE = 4096  # pixels per side of a view
-MAX_SLICES = 65536
-MAX_WORKERS = 64  # DataLoader processes per process; more only costs memory  # SIGReg directions per step; the recipe uses 1024
+MAX_SLICES = 65536  # SIGReg directions per step; the recipe uses 1024
+MAX_WORKERS = 64  # DataLoader processes per process; more only costs memory
 
 # The recipe's augmentation settings per view, as in `lejepa_cli.data.multicrop.MultiCropConfig`
 # (a test keeps the two equal). Counts, sizes and scales of the views have flags of their own;

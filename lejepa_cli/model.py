@@ -43,8 +43,9 @@ def check_arch(arch: str) -> None:
     )
 
 
-def build_backbone(arch: str, img_size: int | None = None) -> nn.Module:
-    """A timm model from scratch with pooled features as output (num_classes=0).
+def build_backbone(arch: str, img_size: int | None = None, num_classes: int = 0) -> nn.Module:
+    """A timm model from scratch with pooled features as output (num_classes=0), or with a
+    classifier head of `num_classes` (the examples' supervised reference).
 
     Models that take `img_size` (ViTs and friends) get the global crop size, and
     `dynamic_img_size` so that local crops of another size pass through the same weights.
@@ -52,7 +53,7 @@ def build_backbone(arch: str, img_size: int | None = None) -> nn.Module:
     import timm
 
     check_arch(arch)
-    kwargs: dict = {"pretrained": False, "num_classes": 0}
+    kwargs: dict = {"pretrained": False, "num_classes": num_classes}
     if img_size is not None:
         try:
             return timm.create_model(arch, img_size=img_size, dynamic_img_size=True, **kwargs)
