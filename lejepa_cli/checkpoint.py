@@ -216,6 +216,8 @@ def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tenso
     from safetensors.torch import load_file
 
     path = Path(ckpt) / "model.safetensors" if Path(ckpt).is_dir() else Path(ckpt)
+    with open(path, "rb"):  # safetensors says "No such file" for a file it may not read
+        pass
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:

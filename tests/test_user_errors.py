@@ -420,3 +420,30 @@ def test_pretrain_refuses_before_making_the_run_directory(images, tmp_path, caps
     )
     assert code == 2 and needle in _one_line(err)
     assert not out.exists()
+
+
+def test_weights_the_user_may_not_read_are_not_reported_missing(
+    run, images, tmp_path, capsys, monkeypatch
+):
+    """safetensors says "No such file" for a file it may not open; the user needs the real reason.
+    (The suite may run as root, where chmod cannot make a file unreadable: `open` refuses instead.)"""
+    import builtins
+
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        path = Path(os.fsdecode(file))
+        if path.name == "model.safetensors" and run in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    for command in (
+        ["inspect", str(sorted((run / "checkpoints").glob("epoch-*"))[-1])],
+        ["embed", str(run), str(images), "--out", str(tmp_path / "e.npz")],
+        ["export", str(run), "--out", str(tmp_path / "exp")],
+    ):
+        code, err = _cli(command, capsys)
+        line = _one_line(err)
+        assert code == 1 and "Permission denied: " in line and "model.safetensors;" in line, line
+        assert "No such file" not in line and "damaged" not in line, line
