@@ -218,9 +218,8 @@ def train_supervised(
     unknown = sorted(set(test_labels) - set(classes))
     if unknown:
         sys.exit(f"{test_csv} has labels missing from {train_csv}: {', '.join(unknown)}")
-    model = build_backbone(
-        arch, img_size=size, num_classes=len(classes)
-    )  # as pretraining builds it
+    # built as pretraining builds it (a ViT at the example's size), with a classifier head
+    model = build_backbone(arch, img_size=size, num_classes=len(classes))
     data_cfg = resolve_data_config({"input_size": (3, size, size)}, model=model)
     eval_tf = create_transform(**data_cfg)
     mean = torch.tensor(data_cfg["mean"]).view(1, 3, 1, 1)

@@ -210,14 +210,20 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         raise OSError(num, os.strerror(num), str(path)) from None
 
 
+def check_readable(path: Path) -> None:
+    """Raise the OSError (PermissionError, ...) that opening `path` gives, with its path:
+    safetensors reports a file it may not read as "No such file"."""
+    with open(path, "rb"):
+        pass
+
+
 def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors (optionally only those under `prefix.`, with it stripped)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(ckpt) / "model.safetensors" if Path(ckpt).is_dir() else Path(ckpt)
-    with open(path, "rb"):  # safetensors says "No such file" for a file it may not read
-        pass
+    check_readable(path)
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:
@@ -299,8 +305,7 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is missing, so the run cannot resume there; {damaged_fix(ckpt)}"
         )
-    with open(path, "rb"):  # no permission to read is not damage: let that error say so
-        pass
+    check_readable(path)  # no permission to read is not damage: let that error say so
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}

@@ -70,8 +70,7 @@ def weights_summary(path: Path) -> dict[str, Any]:
 
     counts: dict[str, int] = {}
     tensors = 0
-    with open(path, "rb"):  # safetensors says "No such file" for a file it may not read
-        pass
+    ckpt_io.check_readable(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = dict(f.metadata() or {})
