@@ -80,9 +80,34 @@ def run_state(run_dir: Path) -> str:
     return "partial"
 
 
+# Settings whose change makes an earlier run of a preset another experiment, not one to reuse.
+COMPARED = ("arch", "global-size", "local-size", "batch-size", "epochs")
+
+
+def changed_settings(run_dir: Path, flags: list[str]) -> list[str]:
+    """'name: was -> now' for each of COMPARED that the flags set otherwise than the run's
+    config.yaml (a run left by an earlier version of a preset)."""
+    cfg = read_yaml(run_dir / "config.yaml")
+    wanted = {
+        flag[2:]: value
+        for flag, value in zip(flags, flags[1:], strict=False)
+        if flag.startswith("--") and flag[2:] in COMPARED
+    }
+    return [
+        f"{name}: {cfg.get(name.replace('-', '_'))} -> {value}"
+        for name, value in wanted.items()
+        if str(cfg.get(name.replace("-", "_"))) != str(value)
+    ]
+
+
 def pretrain_once(data: Path, run_dir: Path, flags: list[str]) -> None:
     """Start the run, continue it when it was interrupted, skip it when it has finished."""
     state = run_state(run_dir)
+    if state in ("finished", "partial") and (changed := changed_settings(run_dir, flags)):
+        sys.exit(
+            f"{run_dir} was pretrained with other settings ({'; '.join(changed)}): remove it "
+            f"and {run_dir.name}-encoder, or pass --runs with another folder"
+        )
     if state == "finished":
         print(f"\npretraining already finished in {run_dir}: skipped")
         return

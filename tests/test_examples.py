@@ -1,5 +1,5 @@
 """The real-data examples: folder preparation on tiny fake copies of the datasets (fast), and the
-ELPV pipeline end to end on a 200-cell subset (slow, needs `pip install elpv-dataset`)."""
+ELPV pipeline end to end on a 1,000-cell subset (slow, needs `pip install elpv-dataset`)."""
 
 from __future__ import annotations
 
@@ -225,6 +225,22 @@ def test_a_finished_probe_is_reused_only_with_the_same_class_weights(tmp_path):
     assert common._probe_class_weights(probe_json) == "balanced"
 
 
+def test_a_run_left_by_other_preset_settings_is_not_reused(tmp_path, capsys):
+    run = tmp_path / "demo"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.json").write_text('{"name": "epoch-0002"}')
+    (run / "config.yaml").write_text("arch: vit_tiny_patch16_224\nepochs: 5\nglobal_size: 96\n")
+    same = ["--arch", "vit_tiny_patch16_224", "--global-size", "96", "--augment", "blur_p=0"]
+    assert common.changed_settings(run, same) == []
+    other = ["--arch", "vit_tiny_patch16_224", "--global-size", "64", "--epochs", "8"]
+    assert common.changed_settings(run, other) == ["global-size: 96 -> 64", "epochs: 5 -> 8"]
+    with pytest.raises(SystemExit) as stop:  # before any `lejepa` command runs
+        common.pretrain_once(tmp_path / "images", run, other)
+    message = str(stop.value.code)
+    assert "global-size: 96 -> 64" in message and "demo-encoder" in message
+    assert "$ lejepa" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("arch", ["test_resnet", "test_vit"])
 def test_supervised_reference_learns_a_separable_task_for_cnns_and_vits(tmp_path, arch):
     """The supervised reference builds a ViT at the example's size (it used to build it at 224
@@ -306,15 +322,15 @@ def test_screen_pools_the_map_the_probe_averages(tmp_path):
 
 
 @pytest.mark.slow
-def test_elpv_pipeline_on_a_subset_runs_end_to_end_and_resumes(tmp_path):
-    """The demo's pipeline on 200 cells (a small ResNet, so that it runs in minutes). At this size
-    ELPV does not separate LeJEPA from the starting network, so whether pretraining helps is
-    checked on Fashion-MNIST below; the full example measures it on ELPV (README)."""
+def test_elpv_demo_pipeline_on_a_subset_beats_random_init_and_resumes(tmp_path):
+    """The demo's pipeline (ViT-Tiny, 64 / 32 px views) on 1,000 cells for 10 epochs, about 7
+    minutes: the frozen features beat the starting network on the subset's test cells (measured
+    +3.5 points of balanced accuracy, 40.8 against 37.3), and a second run redoes nothing."""
     pytest.importorskip("elpv_dataset", reason="pip install elpv-dataset (the demo extra)")
     data, runs = tmp_path / "data", tmp_path / "runs"
     cmd = [
         sys.executable, str(EXAMPLES / "elpv" / "run.py"),
-        "--preset", "tiny", "--limit", "200", "--data", str(data), "--runs", str(runs),
+        "--preset", "tiny", "--limit", "1000", "--data", str(data), "--runs", str(runs),
     ]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=ROOT)
     run_dir = runs / "tiny"
@@ -322,7 +338,7 @@ def test_elpv_pipeline_on_a_subset_runs_end_to_end_and_resumes(tmp_path):
         assert (run_dir / name).is_file(), name
     assert (runs / "tiny-encoder" / "model.safetensors").is_file()
     heads = json.loads((runs / "tiny-results.json").read_text())["headline"]
-    assert 0.0 < heads["random_init"] < 1.0 and 0.0 < heads["lejepa"] < 1.0
+    assert heads["lejepa_minus_random_points"] > 0.0, heads
     # a second run finds every step done and redoes none of them
     again = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
     assert "already finished" in again and "probe already done" in again

@@ -14,9 +14,10 @@ Presets (all on the 4-class labels; crops are small because a 2-core CPU is the 
           batch 64, 20 epochs, a checkpoint kept every 2 epochs and probed with the training
           labels for the model-selection report; probe with 5 seeds; supervised reference
           with the same compute (backbone pixels)
-    demo  the same model and views for 5 epochs, no labels in the report; probe with 3
-          seeds; no supervised reference
-    tiny  a smoke test on a 200-cell subset (see tests/test_examples.py)
+    demo  the same model and views at 64 px global / 32 px local for 8 epochs, no labels in
+          the report; probe with 3 seeds; no supervised reference
+    tiny  the demo's settings for 10 epochs, for the slow test on a subset (--limit; see
+          tests/test_examples.py)
 """
 
 from __future__ import annotations
@@ -52,21 +53,13 @@ PRESETS = {
         "supervised": True,
     },
     "demo": {
-        "pretrain": {**SMALL, "epochs": 5, "keep-every": 1},
+        "pretrain": {**SMALL, "global-size": 64, "local-size": 32, "epochs": 8, "keep-every": 1},
         "labels_in_report": False,
         "seeds": 3,
         "supervised": False,
     },
     "tiny": {
-        "pretrain": {
-            "arch": "resnet18",
-            "global-size": 32,
-            "local-size": 16,
-            "batch-size": 32,
-            "epochs": 8,
-            "keep-every": 4,
-            "holdout": 16,
-        },
+        "pretrain": {**SMALL, "global-size": 64, "local-size": 32, "epochs": 10, "keep-every": 5},
         "labels_in_report": False,
         "seeds": 2,
         "supervised": False,
