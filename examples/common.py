@@ -105,8 +105,9 @@ def pretrain_once(data: Path, run_dir: Path, flags: list[str]) -> None:
     state = run_state(run_dir)
     if state in ("finished", "partial") and (changed := changed_settings(run_dir, flags)):
         sys.exit(
-            f"{run_dir} was pretrained with other settings ({'; '.join(changed)}): remove it "
-            f"and {run_dir.name}-encoder, or pass --runs with another folder"
+            f"{run_dir} was pretrained with other settings ({'; '.join(changed)}): remove it, "
+            f"{run_dir.name}-encoder and {run_dir.name}-*.json beside it, or run again with "
+            "--runs DIR to write elsewhere"
         )
     if state == "finished":
         print(f"\npretraining already finished in {run_dir}: skipped")

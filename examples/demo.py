@@ -3,8 +3,9 @@
 Pretrains a ViT-Tiny (64 / 32 px views) for 8 epochs on 1,970 electroluminescence images of
 solar cells (ELPV, installed offline from PyPI as `elpv-dataset`), probes the frozen encoder
 with the 4-class defect labels against the same architecture at random init, exports the
-encoder, and prints where everything is and the headline numbers. Runs through the `lejepa` command line, printing
-each command. Re-running it skips the finished steps (and resumes an interrupted pretraining).
+encoder, and prints where everything is and the headline numbers. Runs through the `lejepa`
+command line, printing each command. Re-running it skips the finished steps (and resumes an
+interrupted pretraining).
 
 The full example, with the supervised reference and the model-selection correlation:
 `python examples/elpv/run.py` (see examples/elpv/README.md).

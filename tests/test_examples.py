@@ -239,6 +239,15 @@ def test_a_run_left_by_other_preset_settings_is_not_reused(tmp_path, capsys):
     message = str(stop.value.code)
     assert "global-size: 96 -> 64" in message and "demo-encoder" in message
     assert "$ lejepa" not in capsys.readouterr().out
+    # finished: refused the same way when the settings changed, skipped when they did not
+    (run / "checkpoints" / "last.json").write_text('{"name": "epoch-0005"}')
+    (run / "metrics.jsonl").write_text('{"step": 10, "epoch": 5}\n')
+    (run / "report.json").write_text("{}")
+    assert common.run_state(run) == "finished"
+    with pytest.raises(SystemExit, match="epochs: 5 -> 8"):
+        common.pretrain_once(tmp_path / "images", run, other)
+    common.pretrain_once(tmp_path / "images", run, same)
+    assert "already finished" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("arch", ["test_resnet", "test_vit"])
