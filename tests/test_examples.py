@@ -332,7 +332,7 @@ def test_screen_pools_the_map_the_probe_averages(tmp_path):
 
 @pytest.mark.slow
 def test_elpv_demo_pipeline_on_a_subset_beats_random_init_and_resumes(tmp_path):
-    """The demo's pipeline (ViT-Tiny, 64 / 32 px views) on 1,000 cells for 10 epochs, about 7
+    """The demo's pipeline (ViT-Tiny, 64 / 32 px views) on 1,000 cells for 10 epochs, a few
     minutes: the frozen features beat the starting network on the subset's test cells (measured
     +3.5 points of balanced accuracy, 40.8 against 37.3), and a second run redoes nothing."""
     pytest.importorskip("elpv_dataset", reason="pip install elpv-dataset (the demo extra)")
