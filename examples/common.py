@@ -88,16 +88,13 @@ def changed_settings(run_dir: Path, flags: list[str]) -> list[str]:
     """'name: was -> now' for each of COMPARED that the flags set otherwise than the run's
     config.yaml (a run left by an earlier version of a preset)."""
     cfg = read_yaml(run_dir / "config.yaml")
-    wanted = {
-        flag[2:]: value
-        for flag, value in zip(flags, flags[1:], strict=False)
-        if flag.startswith("--") and flag[2:] in COMPARED
-    }
-    return [
-        f"{name}: {cfg.get(name.replace('-', '_'))} -> {value}"
-        for name, value in wanted.items()
-        if str(cfg.get(name.replace("-", "_"))) != str(value)
-    ]
+    changed = []
+    for flag, value in zip(flags, flags[1:], strict=False):
+        name = flag[2:]
+        was = cfg.get(name.replace("-", "_"))
+        if flag.startswith("--") and name in COMPARED and str(was) != value:
+            changed.append(f"{name}: {was} -> {value}")
+    return changed
 
 
 def pretrain_once(data: Path, run_dir: Path, flags: list[str]) -> None:
