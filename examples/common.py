@@ -80,20 +80,39 @@ def run_state(run_dir: Path) -> str:
     return "partial"
 
 
-# Settings whose change makes an earlier run of a preset another experiment, not one to reuse.
-COMPARED = ("arch", "global-size", "local-size", "batch-size", "epochs")
+# Flags that do not change what a run learns (how often it keeps checkpoints, what the report
+# probes with); every other flag a preset passes must match the run's config.yaml to reuse it.
+BOOKKEEPING = ("keep-every", "labels", "holdout", "log-every", "workers", "device")
+
+
+def _numbers(value: Any) -> list[float] | None:
+    """96 -> [96.0], "0.6,1" -> [0.6, 1.0], [0.6, 1.0] -> [0.6, 1.0]; None when not numeric."""
+    items = value if isinstance(value, list) else str(value).split(",")
+    try:
+        return [float(v) for v in items]
+    except (TypeError, ValueError):
+        return None
 
 
 def changed_settings(run_dir: Path, flags: list[str]) -> list[str]:
-    """'name: was -> now' for each of COMPARED that the flags set otherwise than the run's
-    config.yaml (a run left by an earlier version of a preset)."""
+    """'name: was -> now' for each flag that sets a training setting otherwise than the run's
+    config.yaml (a run left by an earlier version of a preset); numbers compare as numbers and
+    `--augment key=value` compares that one key."""
     cfg = read_yaml(run_dir / "config.yaml")
     changed = []
     for flag, value in zip(flags, flags[1:], strict=False):
         name = flag[2:]
-        was = cfg.get(name.replace("-", "_"))
-        if flag.startswith("--") and name in COMPARED and str(was) != value:
-            changed.append(f"{name}: {was} -> {value}")
+        if not flag.startswith("--") or name in BOOKKEEPING:
+            continue
+        if name == "augment":
+            key, _, value = value.partition("=")
+            name, was = f"augment {key}", (cfg.get("augment") or {}).get(key)
+        else:
+            was = cfg.get(name.replace("-", "_"))
+        now = _numbers(value)
+        if (now is None or _numbers(was) != now) and str(was) != value:
+            shown = ",".join(f"{v:g}" for v in was) if isinstance(was, list) else was
+            changed.append(f"{name}: {shown} -> {value}")
     return changed
 
 

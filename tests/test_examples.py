@@ -229,11 +229,21 @@ def test_a_run_left_by_other_preset_settings_is_not_reused(tmp_path, capsys):
     run = tmp_path / "demo"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.json").write_text('{"name": "epoch-0002"}')
-    (run / "config.yaml").write_text("arch: vit_tiny_patch16_224\nepochs: 5\nglobal_size: 96\n")
-    same = ["--arch", "vit_tiny_patch16_224", "--global-size", "96", "--augment", "blur_p=0"]
+    (run / "config.yaml").write_text(
+        "arch: vit_tiny_patch16_224\nepochs: 5\nglobal_size: 96\nkeep_every: 1\n"
+        "global_scale: [0.6, 1.0]\naugment: {blur_p: 0.0, solarize_p: 0.2}\n"
+    )
+    same = ["--arch", "vit_tiny_patch16_224", "--global-size", "96", "--global-scale", "0.6,1"]
+    same += ["--augment", "blur_p=0", "--keep-every", "2"]  # how often it keeps: not a setting
     assert common.changed_settings(run, same) == []
     other = ["--arch", "vit_tiny_patch16_224", "--global-size", "64", "--epochs", "8"]
     assert common.changed_settings(run, other) == ["global-size: 96 -> 64", "epochs: 5 -> 8"]
+    views = ["--global-scale", "0.5,1", "--augment", "solarize_p=0", "--lam", "0.02"]
+    assert common.changed_settings(run, views) == [
+        "global-scale: 0.6,1 -> 0.5,1",
+        "augment solarize_p: 0.2 -> 0",
+        "lam: None -> 0.02",
+    ]
     with pytest.raises(SystemExit) as stop:  # before any `lejepa` command runs
         common.pretrain_once(tmp_path / "images", run, other)
     message = str(stop.value.code)
