@@ -1,7 +1,7 @@
 """The ELPV example end to end: prepare the folder, pretrain, probe against random init, export,
 inspect, train the supervised reference, print the results table.
 
-    python examples/elpv/run.py                  # the full example (about an hour on 2 CPU cores)
+    python examples/elpv/run.py                  # the full example (1.5-2 hours on 2 CPU cores)
     python examples/elpv/run.py --preset demo    # what `make demo` runs (about 10 minutes)
 
 Each step is one `lejepa` command, printed before it runs; a step whose output exists is skipped,
@@ -10,7 +10,7 @@ The classes are imbalanced (58% functional cells) and judged by balanced accurac
 probe's linear head and the supervised reference weight them alike (`lejepa probe --balanced`).
 Presets (all on the 4-class labels; crops are small because a 2-core CPU is the target):
 
-    full  ViT-Tiny, 96 px global / 48 px local crops (no blur, no solarize, larger crops),
+    full  ViT-Tiny, 128 px global / 64 px local crops (no blur, no solarize, larger crops),
           batch 64, 20 epochs, a checkpoint kept every 2 epochs and probed with the training
           labels for the model-selection report; probe with 5 seeds; supervised reference
           with the same compute (backbone pixels)
@@ -38,15 +38,15 @@ from prepare import prepare  # noqa: E402
 # solarize, crops of 60-100% and 20-50% of the cell).
 SMALL = {
     "arch": "vit_tiny_patch16_224",
-    "global-size": 96,
-    "local-size": 48,
+    "global-size": 128,
+    "local-size": 64,
     "batch-size": 64,
     "global-scale": "0.6,1",
     "local-scale": "0.2,0.5",
     "augment": ["blur_p=0", "solarize_p=0"],
 }
-# The demo's views: a 64 px step costs about three quarters of a 96 px one, so 8 epochs fit
-# its budget (README, Results).
+# The demo's views: a 64 px step costs about half of a 128 px one, so 8 epochs fit its budget
+# (README, Results).
 SMALLER = {**SMALL, "global-size": 64, "local-size": 32}
 PRESETS = {
     "full": {
