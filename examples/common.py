@@ -80,40 +80,45 @@ def run_state(run_dir: Path) -> str:
     return "partial"
 
 
-# Flags that do not change what a run learns (how often it keeps checkpoints, what the report
-# probes with); every other flag a preset passes must match the run's config.yaml to reuse it.
-BOOKKEEPING = ("keep-every", "labels", "holdout", "log-every", "workers", "device")
-
-
-def _numbers(value: Any) -> list[float] | None:
-    """96 -> [96.0], "0.6,1" -> [0.6, 1.0], [0.6, 1.0] -> [0.6, 1.0]; None when not numeric."""
-    items = value if isinstance(value, list) else str(value).split(",")
-    try:
-        return [float(v) for v in items]
-    except (TypeError, ValueError):
-        return None
+# Keys that do not change what a run learns (how often it keeps checkpoints, what the report
+# probes with), beside the engine's own run-time keys; every other key must match to reuse a run.
+BOOKKEEPING = {"keep_every", "labels", "holdout"}
 
 
 def changed_settings(run_dir: Path, flags: list[str]) -> list[str]:
-    """'name: was -> now' for each flag that sets a training setting otherwise than the run's
-    config.yaml (a run left by an earlier version of a preset); numbers compare as numbers and
-    `--augment key=value` compares that one key."""
-    cfg = read_yaml(run_dir / "config.yaml")
-    changed = []
-    for flag, value in zip(flags, flags[1:], strict=False):
-        name = flag[2:]
-        if not flag.startswith("--") or name in BOOKKEEPING:
-            continue
-        if name == "augment":
-            key, _, value = value.partition("=")
-            name, was = f"augment {key}", (cfg.get("augment") or {}).get(key)
+    """'flag: was -> now' for each setting the flags give otherwise than the run's config.yaml
+    (a run left by an earlier version of a preset), compared as `lejepa pretrain --resume`
+    compares them: the flags parsed into the saved config, then the engine's config diff."""
+    from lejepa_cli import config
+
+    overrides: dict[str, Any] = {}
+    for flag, value in zip(flags[::2], flags[1::2], strict=True):
+        key = flag.removeprefix("--").replace("-", "_")
+        if key == "augment":  # repeatable
+            overrides.setdefault(key, []).append(value)
         else:
-            was = cfg.get(name.replace("-", "_"))
-        now = _numbers(value)
-        if (now is None or _numbers(was) != now) and str(was) != value:
-            shown = ",".join(f"{v:g}" for v in was) if isinstance(was, list) else was
-            changed.append(f"{name}: {shown} -> {value}")
-    return changed
+            overrides[key] = value
+    saved = config.read_saved(run_dir / "config.yaml")
+    now = config.build(overrides, base=saved)
+
+    changes = config.diff(saved, now, ignore=config.RUNTIME_KEYS | BOOKKEEPING)
+    given = list(overrides)  # report them in the order of the flags
+    changes.sort(key=lambda change: given.index(change[0].partition(".")[0]))
+    return [f"{_flag_name(key)}: {_shown(was)} -> {_shown(new)}" for key, was, new in changes]
+
+
+def _flag_name(key: str) -> str:
+    """A config key as the flag that sets it: "global_size" -> "global-size", "augment.blur_p"
+    -> "augment blur_p"."""
+    group, _, setting = key.partition(".")
+    return f"{group} {setting}" if setting else key.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    """A config value as a flag would give it: (0.6, 1.0) -> "0.6,1", 0.0 -> "0"."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(_shown(v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def pretrain_once(data: Path, run_dir: Path, flags: list[str]) -> None:

@@ -242,7 +242,7 @@ def test_a_run_left_by_other_preset_settings_is_not_reused(tmp_path, capsys):
     assert common.changed_settings(run, views) == [
         "global-scale: 0.6,1 -> 0.5,1",
         "augment solarize_p: 0.2 -> 0",
-        "lam: None -> 0.02",
+        "lam: 0.05 -> 0.02",  # absent from the file: the default, as the engine reads it
     ]
     with pytest.raises(SystemExit) as stop:  # before any `lejepa` command runs
         common.pretrain_once(tmp_path / "images", run, other)
