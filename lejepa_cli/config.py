@@ -31,6 +31,8 @@ MAX_WORKERS = 64  # DataLoader processes per process; more only costs memory
 AUGMENT_DEFAULTS: dict[str, Any] = {
     "ratio": [3 / 4, 4 / 3],  # crop aspect-ratio range (w / h)
     "hflip_p": 0.5,
+    "vflip_p": 0.0,  # not in the recipe (nor rot90_p): for images without an up and a down
+    "rot90_p": 0.0,
     "jitter_p": 0.8,
     "brightness": 0.4,
     "contrast": 0.4,
@@ -60,6 +62,7 @@ class PretrainConfig:
     num_slices: int = 1024  # SIGReg random directions per step
     proj_dim: int = 128  # projector output (where the loss acts)
     proj_hidden: int = 2048  # projector hidden width
+    drop_path: float = 0.0  # stochastic depth rate of the backbone (timm's drop_path_rate)
     global_views: int = 2
     local_views: int = 6
     global_size: int | str = AUTO  # pixels; auto follows the folder's typical resolution
@@ -236,6 +239,7 @@ def validate(cfg: PretrainConfig) -> None:
         (1 <= cfg.num_slices <= MAX_SLICES, f"--num-slices must be between 1 and {MAX_SLICES}"),
         (cfg.proj_dim >= 1, "--proj-dim must be at least 1"),
         (cfg.proj_hidden >= 1, "--proj-hidden must be at least 1"),
+        (0 <= cfg.drop_path < 1, "--drop-path is a rate from 0 up to (not including) 1"),
         (0 <= cfg.seed < 2**32, "--seed must be between 0 and 4294967295"),
         (cfg.global_views >= 1, "--global-views must be at least 1"),
         (cfg.local_views >= 0, "--local-views must be 0 or more"),

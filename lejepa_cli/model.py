@@ -43,23 +43,53 @@ def check_arch(arch: str) -> None:
     )
 
 
-def build_backbone(arch: str, img_size: int | None = None, num_classes: int = 0) -> nn.Module:
+def build_backbone(
+    arch: str, img_size: int | None = None, num_classes: int = 0, drop_path: float = 0.0
+) -> nn.Module:
     """A timm model from scratch with pooled features as output (num_classes=0), or with a
     classifier head of `num_classes` (the examples' supervised reference).
 
     Models that take `img_size` (ViTs and friends) get the global crop size, and
     `dynamic_img_size` so that local crops of another size pass through the same weights.
+    `drop_path` is timm's stochastic depth rate; it acts only in training mode, so the weights
+    are those of the same architecture without it.
     """
     import timm
 
     check_arch(arch)
     kwargs: dict = {"pretrained": False, "num_classes": num_classes}
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
+        if not _takes_drop_path(arch, img_size, kwargs):
+            raise UsageError(
+                f"{arch} has no stochastic depth (timm's drop_path_rate); leave out --drop-path "
+                "or pick another --arch"
+            )
     if img_size is not None:
         try:
             return timm.create_model(arch, img_size=img_size, dynamic_img_size=True, **kwargs)
         except TypeError:
             pass  # a CNN: its input size is free
     return timm.create_model(arch, **kwargs)
+
+
+def _takes_drop_path(arch: str, img_size: int | None, kwargs: dict) -> bool:
+    """Whether timm builds `arch` with stochastic depth: some models take the argument and ignore
+    it, others refuse it. Built on the meta device, so nothing is allocated."""
+    import timm
+
+    try:
+        with torch.device("meta"):
+            if img_size is not None:
+                try:
+                    model = timm.create_model(arch, img_size=img_size, **kwargs)
+                except TypeError:
+                    model = timm.create_model(arch, **kwargs)
+            else:
+                model = timm.create_model(arch, **kwargs)
+    except TypeError:
+        return False
+    return any(type(m).__name__ == "DropPath" for m in model.modules())
 
 
 def is_transformer(model: nn.Module) -> bool:

@@ -544,13 +544,17 @@ def compare_keys(keys: dict[str, dict[str, Any] | None]) -> list[str]:
     if len(scored) < 2:
         return problems
     for field in COMPARABLE_KEYS:
-        # Reports written before augment settings were recorded used the recipe's.
-        fallback = AUGMENT_DEFAULTS if field == "augment" else None
-        values = {name: json.dumps(k.get(field, fallback)) for name, k in scored.items()}
+        values = {name: json.dumps(_field(k, field)) for name, k in scored.items()}
         if len(set(values.values())) > 1:
             shown = ", ".join(f"{name}: {json.loads(v)}" for name, v in values.items())
             problems.append(f"different {field.replace('_', ' ')} ({shown})")
     return problems
+
+
+def _field(key: dict[str, Any], field: str) -> Any:
+    if field == "augment":  # reports from before a setting was recorded used the recipe's
+        return {**AUGMENT_DEFAULTS, **(key.get("augment") or {})}
+    return key.get(field)
 
 
 # ----------------------------------------------------------------------------- the hook

@@ -598,7 +598,7 @@ def pretrain(
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", dist.local_rank)
         torch.manual_seed(cfg.seed)
-        backbone = build_backbone(cfg.arch, int(cfg.global_size))
+        backbone = build_backbone(cfg.arch, int(cfg.global_size), drop_path=cfg.drop_path)
         if cfg.weight_decay == AUTO:  # the family decides: attention models take more decay
             cfg = cfg.replace(
                 weight_decay=config.resolve_weight_decay(cfg, is_transformer(backbone))

@@ -51,6 +51,7 @@ def test_flag_values_update_one_key_at_a_time():
         (["blur_sigma=1"], "two numbers"),
         (["blur_p=1.5"], "probability"),
         (["hue=0.9"], "hue"),
+        (["rot90_p=2"], "rot90_p is a probability"),
     ],
 )
 def test_bad_settings_are_usage_errors(value, needle):
@@ -95,6 +96,9 @@ def test_settings_reach_the_crops():
     assert all(_grey_views(always))
 
 
+NEW_KEYS = ("vflip_p", "rot90_p")
+
+
 def test_runs_with_other_settings_do_not_compare():
     a = config.build({"global_size": 32, "local_size": 16})
     b = config.build({"global_size": 32, "local_size": 16, "augment": ["blur_p=0"]})
@@ -103,6 +107,10 @@ def test_runs_with_other_settings_do_not_compare():
     # A report from before the setting was recorded compares with one on the recipe.
     old = {k: v for k, v in comparison_key(a, 16, "f").items() if k != "augment"}
     assert compare_keys({"a": keys["a"], "old": old}) == []
+    # ... and so does one from before vflip_p and rot90_p existed.
+    recorded = comparison_key(a, 16, "f")["augment"]
+    older = {**old, "augment": {k: v for k, v in recorded.items() if k not in NEW_KEYS}}
+    assert compare_keys({"a": keys["a"], "older": older}) == []
 
 
 def test_pretrain_writes_the_settings_and_refuses_bad_ones(tmp_path, capsys):

@@ -89,6 +89,53 @@ def test_full_crop_with_flip_is_a_mirrored_resize():
     assert torch.equal(flipped, plain.flip(-1))
 
 
+def test_vertical_flip_and_quarter_turns_when_asked_for():
+    img = _photo(40, 40)
+    config = MultiCropConfig(
+        global_views=1, local_views=0, global_size=40, global_scale=(1, 1), ratio=(1, 1), **OFF
+    )
+    plain = _views(config, img)["global_crops"][0]  # (3, H, W)
+    flipped = _views(MultiCropConfig(**{**vars(config), "vflip_p": 1.0}), img)["global_crops"][0]
+    assert torch.equal(flipped, plain.flip(-2))
+    turns = [torch.rot90(plain, k, dims=(1, 2)) for k in range(4)]
+    turned = MultiCropConfig(**{**vars(config), "rot90_p": 1.0})
+    seen = set()
+    for seed in range(24):
+        view = _views(turned, img, seed=seed)["global_crops"][0]
+        seen |= {k for k, t in enumerate(turns) if torch.equal(view, t)}
+    assert seen == {1, 2, 3}  # never left as it was, and each of the three turns occurs
+
+
+class _CountingRng:
+    """A numpy Generator that counts the draws made from it."""
+
+    def __init__(self, seed):
+        self.rng, self.draws = np.random.default_rng(seed), 0
+
+    def __getattr__(self, name):
+        def draw(*args, **kwargs):
+            self.draws += 1
+            return getattr(self.rng, name)(*args, **kwargs)
+
+        return draw
+
+
+def test_vertical_flip_and_turns_are_off_and_draw_nothing_in_the_recipe():
+    c = MultiCropConfig()
+    assert c.vflip_p == 0 and c.rot90_p == 0
+    # Off, they take no random numbers, so the recipe's views are those of earlier versions;
+    # asked for (however rarely), each view draws once for each.
+    # (Whole-image crops and no colour steps, so that nothing else varies the number of draws.)
+    fixed = dict(global_size=32, local_size=16, global_scale=(1, 1), local_scale=(1, 1), **OFF)
+    counts = []
+    for p in (0.0, 1e-12):
+        rng = _CountingRng(3)
+        config = MultiCropConfig(**fixed, ratio=(1, 1), vflip_p=p, rot90_p=p)
+        MultiCrop(config)(_photo(40, 40), rng)
+        counts.append(rng.draws)
+    assert counts[1] - counts[0] == 2 * (2 + 6)
+
+
 def test_grayscale_and_solarize_when_certain():
     img = _photo()
     gray = _views(MultiCropConfig(global_size=32, local_size=16, **{**OFF, "grayscale_p": 1}), img)

@@ -39,6 +39,12 @@ def pretrain(
     proj_hidden: int | None = typer.Option(
         None, help="Projector hidden width.", show_default="2048"
     ),
+    drop_path: float | None = typer.Option(
+        None,
+        help="Stochastic depth of the backbone during pretraining (timm's drop_path_rate; "
+        "not in the recipe). Off at probe and export time.",
+        show_default="0",
+    ),
     global_views: int | None = typer.Option(None, help="Global crops per image.", show_default="2"),
     local_views: int | None = typer.Option(None, help="Local crops per image.", show_default="6"),
     global_size: str | None = typer.Option(
@@ -52,7 +58,9 @@ def pretrain(
         metavar="KEY=VALUE",
         help="An augmentation setting, repeatable: hflip_p, jitter_p, brightness, contrast, "
         "saturation, hue, grayscale_p, blur_p, blur_sigma (e.g. 0.1,2.0), solarize_p, "
-        "solarize_threshold, ratio; e.g. --augment blur_p=0. Defaults: the paper's recipe.",
+        "solarize_threshold, ratio; e.g. --augment blur_p=0. Defaults: the paper's recipe. "
+        "Off in the recipe: vflip_p (vertical flip) and rot90_p (a turn by 90, 180 or 270 "
+        "degrees), for images with no up and down.",
     ),
     seed: int | None = typer.Option(None, help="Seed for init, order and crops.", show_default="0"),
     workers: str | None = typer.Option(
@@ -113,6 +121,7 @@ def pretrain(
         "num_slices": num_slices,
         "proj_dim": proj_dim,
         "proj_hidden": proj_hidden,
+        "drop_path": drop_path,
         "global_views": global_views,
         "local_views": local_views,
         "global_size": global_size,

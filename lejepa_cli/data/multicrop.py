@@ -1,6 +1,7 @@
 """The multi-crop views of the LeJEPA recipe, cut fast on the CPU as uint8 arrays.
 
-Per view, in the recipe's order: RandomResizedCrop, horizontal flip, colour jitter (brightness,
+Per view, in the recipe's order: RandomResizedCrop, horizontal flip (then, off unless asked for,
+a vertical flip and a rotation by a multiple of 90 degrees), colour jitter (brightness,
 contrast, saturation, hue in a random order), grayscale, Gaussian blur, solarize. Probabilities and
 parameter ranges are those of torchvision's transforms; the work is done differently for speed:
 
@@ -46,6 +47,7 @@ from lejepa_cli.errors import UsageError
 _BILINEAR = Image.Resampling.BILINEAR
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's rgb_to_grayscale
 _GREY = np.tile(_LUMA, (3, 1))  # rgb -> (luma, luma, luma)
+_ROTATIONS = (cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_CLOCKWISE)
 
 cv2.setNumThreads(1)
 
@@ -62,6 +64,8 @@ class MultiCropConfig:
     local_scale: tuple[float, float] = (0.05, 0.3)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio range (w / h)
     hflip_p: float = 0.5
+    vflip_p: float = 0.0  # not in the recipe: for images with no up and down (cells, slides, sky)
+    rot90_p: float = 0.0  # not in the recipe: rotate by 90, 180 or 270 degrees (equally likely)
     jitter_p: float = 0.8
     brightness: float = 0.4  # factor drawn from [1 - b, 1 + b]
     contrast: float = 0.4
@@ -162,6 +166,11 @@ class MultiCrop:
         view = _resize(pixels[top : top + h, left : left + w], size)
         if rng.random() < c.hflip_p:
             view = cv2.flip(view, 1)
+        # the recipe has neither: drawn only when asked for, so the recipe's streams are unchanged
+        if c.vflip_p and rng.random() < c.vflip_p:
+            view = cv2.flip(view, 0)
+        if c.rot90_p and rng.random() < c.rot90_p:
+            view = cv2.rotate(view, _ROTATIONS[int(rng.integers(3))])
         colour = self._jitter_matrix(view, rng) if rng.random() < c.jitter_p else None
         if rng.random() < c.grayscale_p:
             colour = _GREY @ (colour if colour is not None else np.eye(3, 4))
