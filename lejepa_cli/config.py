@@ -69,6 +69,7 @@ class PretrainConfig:
     local_size: int | str = AUTO
     global_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop area fraction
     local_scale: tuple[float, float] = (0.05, 0.3)
+    crop_pct: float | str = AUTO  # eval view: share of the image kept; auto: timm's (0.875/0.9)
     augment: dict[str, Any] = field(default_factory=lambda: dict(AUGMENT_DEFAULTS))
     seed: int = 0
     workers: int | str = AUTO  # DataLoader workers per process
@@ -255,6 +256,8 @@ def validate(cfg: PretrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    if cfg.crop_pct != AUTO and not 0 < float(cfg.crop_pct) <= 1:
+        raise UsageError("--crop-pct must be 'auto' or a number above 0 and at most 1")
     for name in ("weight_decay", "warmup_epochs"):
         value = getattr(cfg, name)
         if value != AUTO and not 0 <= float(value) < math.inf:

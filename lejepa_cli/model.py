@@ -97,17 +97,22 @@ def is_transformer(model: nn.Module) -> bool:
     return any("Attention" in type(m).__name__ for m in model.modules())
 
 
-def data_spec(backbone: nn.Module, input_size: int) -> DataSpec:
-    """Mean, std, interpolation and crop_pct as timm resolves them for this backbone."""
+def data_spec(
+    backbone: nn.Module, input_size: int, crop_pct: float | str | None = None
+) -> DataSpec:
+    """Mean, std, interpolation and crop_pct as timm resolves them for this backbone; a
+    `crop_pct` given (not None or 'auto') replaces timm's."""
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=backbone)
+    if crop_pct is None or crop_pct == "auto":
+        crop_pct = cfg.get("crop_pct", 0.875)
     return DataSpec(
         input_size=int(input_size),
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
         interpolation=str(cfg.get("interpolation", "bicubic")),
-        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        crop_pct=float(crop_pct),
     )
 
 

@@ -21,6 +21,7 @@ Protocol (kept fixed so numbers compare across checkpoints and runs):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -686,10 +687,12 @@ def run_probe(
     workers: int | str = "auto",
     progress: ProgressFn | None = None,
     balanced: bool = False,
+    crop_pct: float | None = None,
 ) -> ProbeResult:
     """Probe a run's checkpoint or an export with labeled images; write probe.json and a
     confusion matrix into `out_dir` (default MODEL/probe/). `balanced` weights the linear
-    head's classes alike, for imbalanced labels scored by balanced accuracy."""
+    head's classes alike, for imbalanced labels scored by balanced accuracy. `crop_pct`
+    replaces the model's recorded eval crop (for both the model and the random baseline)."""
     from lejepa_cli import __version__
     from lejepa_cli.artifacts import load_encoder, random_encoder
     from lejepa_cli.features import cached_features, calibrate_norm_stats, resolve_device
@@ -702,6 +705,8 @@ def run_probe(
         raise UsageError("--seeds must be at least 1")
     if baseline not in (None, "random"):
         raise UsageError(f"--baseline takes 'random', not {baseline!r}")
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise UsageError(f"--crop-pct takes a number above 0 and at most 1, not {crop_pct}")
     # Read the labels before loading any weights: a bad CSV fails in a blink.
     train_paths, train_labels = read_labels(labels_csv, root)
     val_paths, val_labels = read_labels(val_csv, root) if val_csv is not None else ([], [])
@@ -727,6 +732,8 @@ def run_probe(
         train_idx, val_idx = stratified_split(y_all, VAL_FRACTION, SPLIT_SEED, classes)
 
     encoder = load_encoder(model_path, checkpoint)
+    if crop_pct is not None:
+        encoder.spec = dataclasses.replace(encoder.spec, crop_pct=float(crop_pct))
     out = Path(out_dir) if out_dir is not None else Path(encoder.source["path"]) / "probe"
     out.mkdir(parents=True, exist_ok=True)
     dev = str(resolve_device(device))
@@ -842,6 +849,7 @@ def run_probe(
         "version": __version__,
         "source": {**encoder.source, "arch": encoder.arch, "fingerprint": encoder.fingerprint},
         "feature_kind": "probe",
+        "eval_view": {"input_size": encoder.spec.input_size, "crop_pct": encoder.spec.crop_pct},
         "feature_dim": int(fs.features.shape[1]) if fs.features.ndim == 2 else 0,
         "labels": str(Path(labels_csv).resolve()),
         "validation": str(Path(val_csv).resolve())

@@ -709,7 +709,7 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
     device = torch.device(device)
     backbone = build_backbone(cfg.arch, int(cfg.global_size))
     model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
-    spec = data_spec(backbone, int(cfg.global_size))
+    spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct)
     records = []
     for ckpt in ckpt_io.list_checkpoints(run_dir):
         model.load_state_dict(ckpt_io.load_weights(ckpt), strict=True)

@@ -603,10 +603,11 @@ def pretrain(
             cfg = cfg.replace(
                 weight_decay=config.resolve_weight_decay(cfg, is_transformer(backbone))
             )
+        spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct)
+        cfg = cfg.replace(crop_pct=spec.crop_pct)  # auto: the architecture's, written out
         if dist.is_main:
             config.save_yaml(cfg, run_dir / CONFIG)
         model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
-        spec = data_spec(backbone, int(cfg.global_size))
         step_fn = TrainStep(model, cfg, spec, device, dist, total_steps, steps_per_epoch)
 
         start_step = 0

@@ -393,3 +393,25 @@ def test_probe_accepts_an_export_of_a_trained_run(shared_run, tmp_path, capsys):
     for a, b in zip(result["rows"], again["rows"], strict=True):
         assert a["head"] == b["head"] and a["confusion"] == b["confusion"]
         assert a["top1"]["mean"] == pytest.approx(b["top1"]["mean"])
+
+
+# ----------------------------------------------------------------------------- --crop-pct
+
+
+def test_crop_pct_is_recorded_and_reaches_the_export(images, tmp_path, capsys):
+    from lejepa_cli.model import build_backbone, data_spec
+
+    timm_default = data_spec(build_backbone("test_resnet", 32), 32).crop_pct
+    assert timm_default < 1
+    for value, expected in (("auto", timm_default), ("1", 1.0)):
+        run, export = tmp_path / f"run-{value}", tmp_path / f"export-{value}"
+        args = ["pretrain", str(images), "--out", str(run), *TINY, "--epochs", "1"]
+        assert run_cli(*args, "--crop-pct", value) == 0, capsys.readouterr().err
+        assert yaml.safe_load((run / "config.yaml").read_text())["crop_pct"] == expected
+        assert run_cli("export", str(run), "--out", str(export)) == 0, capsys.readouterr().err
+        exported = json.loads((export / "config.json").read_text())
+        assert exported["pretrained_cfg"]["crop_pct"] == expected
+    code = run_cli(
+        "pretrain", str(images), "--out", str(tmp_path / "bad"), *TINY, "--crop-pct", "0"
+    )
+    assert code == 2 and "--crop-pct" in capsys.readouterr().err

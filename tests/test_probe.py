@@ -339,3 +339,34 @@ def test_random_baseline_takes_batchnorm_statistics_from_the_images(data):
     for key, value in encoder.backbone.state_dict().items():
         if key in weights:
             assert torch.equal(value, weights[key]), key  # weights untouched
+
+
+def test_crop_pct_decides_whether_the_border_is_seen(data, tmp_path, capsys):
+    """Classes told apart only by a frame: kept with the whole image, gone with a tight crop."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for name in ("red", "blue"):
+        (tmp_path / name).mkdir()
+        for i in range(16):
+            pixels = rng.integers(90, 170, (32, 32, 3)).astype(np.uint8)
+            frame = np.zeros((32, 32), bool)
+            frame[:4], frame[-4:], frame[:, :4], frame[:, -4:] = True, True, True, True
+            pixels[frame] = COLOURS[name]
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+            rows.append((f"{name}/{i}.png", name))
+    labels = _write_csv(tmp_path / "frames.csv", rows)
+    top1 = {}
+    for crop in (1.0, 0.5):
+        args = ["probe", str(data["run"]), "--labels", str(labels), "--seeds", "1", "--json"]
+        args += ["--out", str(tmp_path / f"p{crop}"), "--device", "cpu", "--workers", "0"]
+        with pytest.raises(SystemExit) as info:
+            main([*args, "--crop-pct", str(crop)])
+        assert info.value.code == 0
+        record = json.loads(capsys.readouterr().out)
+        assert record["eval_view"] == {"input_size": 32, "crop_pct": crop}
+        top1[crop] = record["rows"][0]["top1"]["mean"]
+    assert top1[1.0] == 1.0 and top1[0.5] <= 0.75
+    with pytest.raises(SystemExit) as info:
+        main(["probe", str(data["run"]), "--labels", str(labels), "--crop-pct", "1.5"])
+    assert info.value.code == 2
+    assert "--crop-pct" in capsys.readouterr().err

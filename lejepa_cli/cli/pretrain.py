@@ -53,6 +53,13 @@ def pretrain(
     local_size: str | None = typer.Option(None, help="Local crop size in pixels, or auto."),
     global_scale: str | None = typer.Option(None, help="Area range of global crops, e.g. 0.3,1.0."),
     local_scale: str | None = typer.Option(None, help="Area range of local crops, e.g. 0.05,0.3."),
+    crop_pct: str | None = typer.Option(
+        None,
+        help="Share of the image's shorter side kept by the eval view (resize, then centre "
+        "crop) that probe, embed and the export use, or auto (timm's for the architecture, "
+        "0.875 or 0.9). 1 keeps the whole image: for images whose borders matter.",
+        show_default="auto",
+    ),
     augment: list[str] | None = typer.Option(
         None,
         metavar="KEY=VALUE",
@@ -128,6 +135,7 @@ def pretrain(
         "local_size": local_size,
         "global_scale": global_scale,
         "local_scale": local_scale,
+        "crop_pct": crop_pct,
         "augment": augment or None,
         "seed": seed,
         "workers": workers,

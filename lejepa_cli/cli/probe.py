@@ -163,6 +163,13 @@ def probe(
         help="Weight the linear head's classes alike (cross-entropy weight n / (classes x "
         "n_class)): for imbalanced labels judged by balanced accuracy. kNN is unchanged.",
     ),
+    crop_pct: float | None = typer.Option(
+        None,
+        "--crop-pct",
+        help="Share of the image's shorter side kept by the eval view (resize, then centre "
+        "crop), for the model and the baseline alike; 1 keeps the whole image.",
+        show_default="the model's",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print probe.json instead of tables."),
 ) -> None:
     """Probe a frozen backbone with labeled images: linear head and kNN, with few-shot seeds.
@@ -191,6 +198,7 @@ def probe(
             workers=workers,
             progress=progress,
             balanced=balanced,
+            crop_pct=crop_pct,
         )
     if as_json:
         typer.echo(json.dumps(result.data, indent=2))
