@@ -54,42 +54,35 @@ def build_backbone(
     `drop_path` is timm's stochastic depth rate; it acts only in training mode, so the weights
     are those of the same architecture without it.
     """
-    import timm
-
     check_arch(arch)
     kwargs: dict = {"pretrained": False, "num_classes": num_classes}
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
-        if not _takes_drop_path(arch, img_size, kwargs):
-            raise UsageError(
-                f"{arch} has no stochastic depth (timm's drop_path_rate); leave out --drop-path "
-                "or pick another --arch"
-            )
+    try:
+        model = _create(arch, img_size, kwargs)
+    except TypeError:
+        if not drop_path:
+            raise
+        model = None  # the architecture refuses drop_path_rate
+    # Some architectures take drop_path_rate and ignore it: look for the layers themselves.
+    layers = model.modules() if model is not None else ()
+    if drop_path and not any(type(m).__name__ == "DropPath" for m in layers):
+        raise UsageError(
+            f"{arch} has no stochastic depth (timm's drop_path_rate); leave out --drop-path "
+            "or pick another --arch"
+        )
+    return model
+
+
+def _create(arch: str, img_size: int | None, kwargs: dict) -> nn.Module:
+    import timm
+
     if img_size is not None:
         try:
             return timm.create_model(arch, img_size=img_size, dynamic_img_size=True, **kwargs)
         except TypeError:
             pass  # a CNN: its input size is free
     return timm.create_model(arch, **kwargs)
-
-
-def _takes_drop_path(arch: str, img_size: int | None, kwargs: dict) -> bool:
-    """Whether timm builds `arch` with stochastic depth: some models take the argument and ignore
-    it, others refuse it. Built on the meta device, so nothing is allocated."""
-    import timm
-
-    try:
-        with torch.device("meta"):
-            if img_size is not None:
-                try:
-                    model = timm.create_model(arch, img_size=img_size, **kwargs)
-                except TypeError:
-                    model = timm.create_model(arch, **kwargs)
-            else:
-                model = timm.create_model(arch, **kwargs)
-    except TypeError:
-        return False
-    return any(type(m).__name__ == "DropPath" for m in model.modules())
 
 
 def is_transformer(model: nn.Module) -> bool:
