@@ -581,12 +581,20 @@ def preset_flags(preset: dict[str, Any]) -> list[str]:
     return flags
 
 
-def _probe_class_weights(probe_json: Path) -> str | None:
-    """The class weighting a finished probe.json used ("none" before the option), else None."""
+def probe_is_current(probe_json: Path, seeds: int, balanced: bool) -> bool:
+    """Whether a finished probe.json can be reused: the same heads (`protocol_record`, class
+    weights included), the same number of seeds, and the random baseline drawn per seed."""
+    from lejepa_cli.probe import protocol_record
+
     if not probe_json.is_file():
-        return None
+        return False
     probe = json.loads(probe_json.read_text())
-    return probe.get("protocol", {}).get("linear", {}).get("class_weights", "none")
+    baseline = probe.get("baseline") or {}
+    return (
+        probe.get("protocol") == protocol_record(balanced)
+        and probe.get("seeds") == seeds
+        and baseline.get("seeds") == list(range(seeds))
+    )
 
 
 def pipeline(
@@ -612,8 +620,7 @@ def pipeline(
 
     probe_dir = run_dir / "probe"
     probe_json = probe_dir / "probe.json"
-    weights = "balanced" if balanced else "none"
-    if _probe_class_weights(probe_json) == weights:
+    if probe_is_current(probe_json, probe_seeds, balanced):
         print(f"\nprobe already done: {probe_json}")
     else:
         lejepa(

@@ -216,13 +216,23 @@ def test_results_table_reads_probe_json_rows():
     assert heads["lejepa_share_of_supervised"] == pytest.approx(0.55 / 0.6)
 
 
-def test_a_finished_probe_is_reused_only_with_the_same_class_weights(tmp_path):
+def test_a_finished_probe_is_reused_only_with_the_same_heads_and_seeds(tmp_path):
+    from lejepa_cli.probe import protocol_record
+
     probe_json = tmp_path / "probe.json"
-    assert common._probe_class_weights(probe_json) is None  # not probed yet: probe
-    probe_json.write_text(json.dumps({"protocol": {"linear": {"head": "LayerNorm + Linear"}}}))
-    assert common._probe_class_weights(probe_json) == "none"  # written before the option
-    probe_json.write_text(json.dumps({"protocol": {"linear": {"class_weights": "balanced"}}}))
-    assert common._probe_class_weights(probe_json) == "balanced"
+    assert not common.probe_is_current(probe_json, 3, True)  # not probed yet: probe
+    done = {"protocol": protocol_record(True), "seeds": 3, "baseline": {"seeds": [0, 1, 2]}}
+    probe_json.write_text(json.dumps(done))
+    assert common.probe_is_current(probe_json, 3, True)
+    assert not common.probe_is_current(probe_json, 3, False)  # other class weights
+    assert not common.probe_is_current(probe_json, 5, True)  # other number of seeds
+    earlier = json.loads(json.dumps(done))
+    earlier["protocol"]["linear"]["epochs"] = 30  # an earlier version's heads
+    probe_json.write_text(json.dumps(earlier))
+    assert not common.probe_is_current(probe_json, 3, True)
+    one_init = {**done, "baseline": {"seed": 0}}  # the baseline drawn once, before per seed
+    probe_json.write_text(json.dumps(one_init))
+    assert not common.probe_is_current(probe_json, 3, True)
 
 
 def test_a_run_left_by_other_preset_settings_is_not_reused(tmp_path, capsys):

@@ -370,3 +370,57 @@ def test_crop_pct_decides_whether_the_border_is_seen(data, tmp_path, capsys):
         main(["probe", str(data["run"]), "--labels", str(labels), "--crop-pct", "1.5"])
     assert info.value.code == 2
     assert "--crop-pct" in capsys.readouterr().err
+
+
+def test_random_baseline_draws_one_initialisation_per_seed(data, tmp_path):
+    """Seed s of the random-init row is a network initialised with seed s, probed with seed s:
+    its spread covers the draw of the weights, not only the head's initialisation."""
+    from lejepa_cli.artifacts import load_encoder, random_encoder
+    from lejepa_cli.features import calibrate_norm_stats, probe_features
+    from lejepa_cli.probe import probe_protocol, stratified_split
+
+    result = run_probe(
+        data["run"],
+        data["shuffled"],  # at chance, so one network's numbers are not another's by accident
+        seeds=2,
+        baseline="random",
+        out_dir=tmp_path / "probe",
+        device="cpu",
+        workers=0,
+    )
+    written = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert written["baseline"]["seeds"] == [0, 1]
+    assert {"random-0", "random-1"} <= set(written["cache"])
+    files = {written["cache"][k]["file"] for k in ("checkpoint", "random-0", "random-1")}
+    assert len(files) == 3  # three networks, three feature files
+
+    paths = [str(data["root"] / rel) for rel, _ in data["rows"]]
+    shuffled = [lab for _, lab in (line.split(",") for line in _lines(data["shuffled"]))]
+    classes = sorted(set(shuffled))
+    y = np.array([classes.index(lab) for lab in shuffled])
+    train_idx, val_idx = stratified_split(y, 0.2, 0, classes)
+    row = _row(result, model="random")
+    for seed in (0, 1):
+        encoder = random_encoder(load_encoder(data["run"], "last"), seed=seed)
+        calibrate_norm_stats(encoder, [paths[i] for i in train_idx], workers=0, device="cpu")
+        x, _ = probe_features(encoder, paths, workers=0, device="cpu")
+        (expected,) = probe_protocol(x, y, train_idx, val_idx, classes, seeds=[seed])["all"]
+        assert row["top1"]["values"][seed] == pytest.approx(expected["linear"]["top1"])
+    assert row["lrs"][0] is not None and len(row["lrs"]) == 2
+
+
+def test_probe_protocol_takes_a_count_or_the_seeds():
+    from lejepa_cli.probe import probe_protocol
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    y = np.arange(60) % 3
+    x[:, 0] += y  # learnable, so the heads' seeds matter to the numbers
+    train_idx, val_idx = np.arange(45), np.arange(45, 60)
+    by_count = probe_protocol(x, y, train_idx, val_idx, ["a", "b", "c"], (2, "all"), seeds=2)
+    by_list = probe_protocol(x, y, train_idx, val_idx, ["a", "b", "c"], (2, "all"), seeds=[0, 1])
+    assert by_count == by_list
+
+
+def _lines(csv_path: Path) -> list[str]:
+    return csv_path.read_text().splitlines()[1:]

@@ -151,8 +151,8 @@ def probe(
     baseline: str | None = typer.Option(
         None,
         "--baseline",
-        help="'random': also probe the same architecture with random weights (BatchNorm "
-        "statistics taken from the training images).",
+        help="'random': also probe the same architecture with random weights, one "
+        "initialisation per seed (BatchNorm statistics taken from the training images).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
