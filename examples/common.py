@@ -608,17 +608,20 @@ def pipeline(
     supervised_budget: str = "compute",
     threads: int | None = None,
     balanced: bool = False,
+    label_set: str = "",
 ) -> dict[str, Any]:
     """pretrain -> probe against random init -> export -> inspect -> supervised -> table.
 
     Every step is skipped when its output is already there, so re-running only does what is
     missing (an interrupted pretraining is resumed). `balanced` weights the classes alike in
-    the probe's linear head and in the supervised reference's loss.
+    the probe's linear head and in the supervised reference's loss. `label_set` names other
+    labels of the same images: `train{label_set}.csv` and `test{label_set}.csv`, probed into
+    `probe{label_set}/` with results files to match; pretraining, which uses no labels, is shared.
     """
-    train_csv, test_csv = data / "train.csv", data / "test.csv"
+    train_csv, test_csv = data / f"train{label_set}.csv", data / f"test{label_set}.csv"
     pretrain_once(data / "images" / "train", run_dir, pretrain_flags)
 
-    probe_dir = run_dir / "probe"
+    probe_dir = run_dir / f"probe{label_set}"
     probe_json = probe_dir / "probe.json"
     if probe_is_current(probe_json, probe_seeds, balanced):
         print(f"\nprobe already done: {probe_json}")
@@ -643,7 +646,7 @@ def pipeline(
     lejepa("inspect", run_dir)
 
     supervised = None
-    suffix = "-balanced" if balanced else ""
+    suffix = label_set + ("-balanced" if balanced else "")
     sup_json = run_dir.with_name(f"{run_dir.name}-supervised-{supervised_budget}{suffix}.json")
     if supervised_script is not None:
         if sup_json.is_file():
@@ -689,9 +692,9 @@ def pipeline(
             *[f"- {line}" for line in lines],
         ]
     )
-    results_md = run_dir.with_name(run_dir.name + "-results.md")
+    results_md = run_dir.with_name(f"{run_dir.name}-results{label_set}.md")
     results_md.write_text(summary + "\n")
-    results_json = run_dir.with_name(run_dir.name + "-results.json")
+    results_json = run_dir.with_name(f"{run_dir.name}-results{label_set}.json")
     results_json.write_text(
         json.dumps({"headline": heads, "budget": lines, "table": table}, indent=2) + "\n"
     )

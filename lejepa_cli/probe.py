@@ -8,8 +8,9 @@ Protocol (kept fixed so numbers compare across checkpoints and runs):
 - linear head: LayerNorm + Linear, AdamW (weight decay 1e-6), cross-entropy (with `balanced`,
   each class weighted by n / (classes * n_class), so every class counts alike), linear warmup then
   cosine, 100 epochs of minibatches of 1024 (at least 2000 and at most 4000 steps); the learning
-  rate is picked from LR_GRID on a stratified 20% split of the training set (all grid heads train
-  in one batched pass), or DEFAULT_LR when a class has fewer than 2 training examples;
+  rate is picked from LR_GRID by 5-fold stratified cross-validation of the training set (all grid
+  heads of a fold train in one batched pass), or DEFAULT_LR when a class has fewer than 2
+  training examples;
 - kNN: cosine similarity on L2-normalised features, k=20 (at most the training set), votes
   weighted by exp(similarity / 0.07) as in DINO;
 - shots: k examples per class drawn per seed (a class with fewer uses all it has, and the result
@@ -45,6 +46,7 @@ SPLIT_SEED = 0  # the validation split never changes between runs
 # past where any head picked.
 LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 DEFAULT_LR = 3e-3  # used when the training set is too small to pick one
+SELECT_FOLDS = 5  # cross-validation folds of the training set that pick the learning rate
 WEIGHT_DECAY = 1e-6
 EPOCHS = 100  # passes over the training features
 BATCH_SIZE = 1024  # minibatch of cached features
@@ -362,6 +364,17 @@ def _head_logits(heads: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tenso
     return torch.einsum("mf,gfc->gmc", xn, heads["weight"]) + heads["bias"][:, None]  # (G, M, C)
 
 
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """(N,) fold number of each example: every class dealt round-robin over the folds in a
+    seeded random order, so each fold holds its share of every class."""
+    rng = np.random.default_rng(seed)
+    fold = np.zeros(len(y), dtype=np.int64)
+    for c in np.unique(y):
+        members = rng.permutation(np.flatnonzero(y == c))
+        fold[members] = np.arange(len(members)) % folds
+    return fold
+
+
 def select_lr(
     train_x: np.ndarray,
     train_y: np.ndarray,
@@ -370,25 +383,36 @@ def select_lr(
     device: str = "cpu",
     balanced: bool = False,
 ) -> float:
-    """The grid learning rate with the best balanced accuracy (then loss) on a stratified 20%
-    split of the training set; DEFAULT_LR when a class has fewer than 2 examples."""
+    """The grid learning rate with the best mean balanced accuracy (then loss) over stratified
+    cross-validation folds of the training set: SELECT_FOLDS folds, fewer when the smallest
+    class has fewer examples; DEFAULT_LR when a class has fewer than 2 examples."""
     counts = np.bincount(train_y, minlength=num_classes)
-    if (counts[counts > 0] < 2).any() or len(train_y) < 4:
+    present = counts[counts > 0]
+    if (present < 2).any() or len(train_y) < 4:
         return DEFAULT_LR
-    fit, held = stratified_split(train_y, VAL_FRACTION, seed)
+    folds = int(min(SELECT_FOLDS, present.min()))
+    fold = stratified_folds(train_y, folds, seed)
     dev = torch.device(device)
     x = torch.as_tensor(train_x, dtype=torch.float32, device=dev)
     y = torch.as_tensor(train_y, dtype=torch.int64, device=dev)
-    cw = class_weights(y[fit], num_classes) if balanced else None
-    heads = _fit_heads(x[fit], y[fit], num_classes, LR_GRID, [seed] * len(LR_GRID), class_weight=cw)
-    with torch.no_grad():
-        logits = _head_logits(heads, x[held])  # (G, M, C)
-        losses = [F.cross_entropy(lg, y[held], weight=cw).item() for lg in logits]
-    scores = []
-    for g, lg in enumerate(logits):
-        m = classification_metrics(train_y[held], lg.argmax(-1).cpu().numpy(), num_classes)
-        scores.append((m["balanced_accuracy"], -losses[g]))
-    return float(LR_GRID[max(range(len(LR_GRID)), key=lambda g: scores[g])])
+    accuracy = np.zeros(len(LR_GRID))
+    loss = np.zeros(len(LR_GRID))
+    for k in range(folds):
+        fit = torch.as_tensor(np.flatnonzero(fold != k), device=dev)
+        held = np.flatnonzero(fold == k)
+        cw = class_weights(y[fit], num_classes) if balanced else None
+        heads = _fit_heads(
+            x[fit], y[fit], num_classes, LR_GRID, [seed] * len(LR_GRID), class_weight=cw
+        )
+        with torch.no_grad():
+            logits = _head_logits(heads, x[torch.as_tensor(held, device=dev)])  # (G, M, C)
+        for g, lg in enumerate(logits):
+            pred = lg.argmax(-1).cpu().numpy()
+            accuracy[g] += classification_metrics(train_y[held], pred, num_classes)[
+                "balanced_accuracy"
+            ]
+            loss[g] += F.cross_entropy(lg, y[torch.as_tensor(held, device=dev)], weight=cw).item()
+    return float(LR_GRID[max(range(len(LR_GRID)), key=lambda g: (accuracy[g], -loss[g]))])
 
 
 def knn_predict(
@@ -689,6 +713,7 @@ def protocol_record(balanced: bool) -> dict[str, Any]:
             "optimizer": "AdamW",
             "weight_decay": WEIGHT_DECAY,
             "lr_grid": list(LR_GRID),
+            "lr_selection": f"{SELECT_FOLDS}-fold stratified cross-validation of the training set",
             "default_lr": DEFAULT_LR,
             "epochs": EPOCHS,
             "min_steps": MIN_STEPS,

@@ -424,3 +424,27 @@ def test_probe_protocol_takes_a_count_or_the_seeds():
 
 def _lines(csv_path: Path) -> list[str]:
     return csv_path.read_text().splitlines()[1:]
+
+
+def test_stratified_folds_deal_every_class_over_the_folds():
+    from lejepa_cli.probe import stratified_folds
+
+    y = np.array([0] * 23 + [1] * 7 + [2] * 5)
+    fold = stratified_folds(y, 5, seed=3)
+    for c, n in ((0, 23), (1, 7), (2, 5)):
+        per_fold = np.bincount(fold[y == c], minlength=5)
+        assert per_fold.sum() == n and per_fold.max() - per_fold.min() <= 1, (c, per_fold)
+    assert (stratified_folds(y, 5, seed=3) == fold).all()
+    assert (stratified_folds(y, 5, seed=4) != fold).any()
+
+
+def test_learning_rate_is_picked_by_cross_validation_within_the_grid():
+    from lejepa_cli.probe import DEFAULT_LR, LR_GRID, select_lr
+
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 30 + [1] * 30 + [2] * 2)  # a class of 2: two folds, not five
+    x = rng.normal(size=(len(y), 6)).astype(np.float32)
+    x[np.arange(len(y)), y] += 3.0
+    lr = select_lr(x, y, 3, seed=0, balanced=True)
+    assert lr in LR_GRID and lr == select_lr(x, y, 3, seed=0, balanced=True)
+    assert select_lr(x[:61], y[:61], 3) == DEFAULT_LR  # one example of class 2: nothing to pick on

@@ -8,7 +8,8 @@ Each step is one `lejepa` command, printed before it runs; a step whose output e
 and an interrupted pretraining is resumed, so re-running picks up where it stopped.
 The classes are imbalanced (58% functional cells) and judged by balanced accuracy, so the
 probe's linear head and the supervised reference weight them alike (`lejepa probe --balanced`).
-Presets (all on the 4-class labels; crops are small because a 2-core CPU is the target):
+Presets (probed on the 4-class labels, or on 2 with --classes 2; crops are small because a
+2-core CPU is the target):
 
     full  ViT-Tiny, 128 px global / 64 px local crops (no blur, no solarize, larger crops),
           batch 64, 20 epochs, a checkpoint kept every 2 epochs and probed with the training
@@ -73,24 +74,34 @@ PRESETS = {
 def main(argv: list[str] | None = None) -> dict:
     parser = run_arguments(__doc__, HERE, PRESETS)
     parser.add_argument("--limit", type=int, default=None, help="use a stratified subset")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        choices=(4, 2),
+        default=4,
+        help="probe the 4 defect classes, or 2 (functional or defective; results files and "
+        "the probe folder get a -2class suffix, the pretraining is shared)",
+    )
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
 
     summary = prepare(args.data, limit=args.limit)
     print(f"elpv: {summary['images']} cells in {summary['out']}")
     flags = preset_flags(preset)
+    label_set = "" if args.classes == 4 else "_2class"
     if preset["labels_in_report"]:
-        flags += ["--labels", str(args.data / "train.csv")]
+        flags += ["--labels", str(args.data / "train.csv")]  # the run's report: 4 classes
     supervised = preset["supervised"] and not args.no_supervised
     return pipeline(
-        name=f"ELPV solar cells, 4 classes ({args.preset})",
+        name=f"ELPV solar cells, {args.classes} classes ({args.preset})",
         data=args.data,
         run_dir=args.runs / args.preset,
         pretrain_flags=flags,
         probe_seeds=preset["seeds"],
         supervised_script=HERE / "supervised.py" if supervised else None,
         supervised_budget=args.supervised_budget,
-        balanced=True,  # 4 imbalanced classes, judged by balanced accuracy
+        balanced=True,  # imbalanced classes, judged by balanced accuracy
+        label_set=label_set,
     )
 
 
