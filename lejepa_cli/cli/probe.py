@@ -134,7 +134,10 @@ def probe(
         help="Training examples per class, comma separated, e.g. 1,10,all (a class with fewer uses all it has, and the output says so).",
     ),
     seeds: int = typer.Option(
-        3, "--seeds", help="Repeats per shots setting (sampling and head init); mean ± std."
+        3,
+        "--seeds",
+        help="Repeats per shots setting (sampling, head init and, with --baseline random, "
+        "the random network); mean ± std.",
     ),
     checkpoint: str | None = typer.Option(
         None,
