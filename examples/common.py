@@ -189,16 +189,11 @@ def cv_balanced_accuracy(
     import numpy as np
     import torch
 
-    from lejepa_cli.probe import classification_metrics
+    from lejepa_cli.probe import classification_metrics, stratified_folds
 
     x = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     y = np.asarray(y, dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    fold = np.zeros(len(y), dtype=np.int64)
-    for c in range(num_classes):
-        members = np.flatnonzero(y == c)
-        rng.shuffle(members)
-        fold[members] = np.arange(len(members)) % folds
+    fold = stratified_folds(y, folds, seed)
     scores = []
     for k in range(folds):
         train, test = fold != k, fold == k

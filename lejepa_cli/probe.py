@@ -400,18 +400,19 @@ def select_lr(
     for k in range(folds):
         fit = torch.as_tensor(np.flatnonzero(fold != k), device=dev)
         held = np.flatnonzero(fold == k)
+        held_t = torch.as_tensor(held, device=dev)
         cw = class_weights(y[fit], num_classes) if balanced else None
         heads = _fit_heads(
             x[fit], y[fit], num_classes, LR_GRID, [seed] * len(LR_GRID), class_weight=cw
         )
         with torch.no_grad():
-            logits = _head_logits(heads, x[torch.as_tensor(held, device=dev)])  # (G, M, C)
+            logits = _head_logits(heads, x[held_t])  # (G, M, C)
         for g, lg in enumerate(logits):
-            pred = lg.argmax(-1).cpu().numpy()
-            accuracy[g] += classification_metrics(train_y[held], pred, num_classes)[
-                "balanced_accuracy"
-            ]
-            loss[g] += F.cross_entropy(lg, y[torch.as_tensor(held, device=dev)], weight=cw).item()
+            metrics = classification_metrics(
+                train_y[held], lg.argmax(-1).cpu().numpy(), num_classes
+            )
+            accuracy[g] += metrics["balanced_accuracy"]
+            loss[g] += F.cross_entropy(lg, y[held_t], weight=cw).item()
     return float(LR_GRID[max(range(len(LR_GRID)), key=lambda g: (accuracy[g], -loss[g]))])
 
 

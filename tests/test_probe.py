@@ -377,7 +377,7 @@ def test_random_baseline_draws_one_initialisation_per_seed(data, tmp_path):
     its spread covers the draw of the weights, not only the head's initialisation."""
     from lejepa_cli.artifacts import load_encoder, random_encoder
     from lejepa_cli.features import calibrate_norm_stats, probe_features
-    from lejepa_cli.probe import probe_protocol, stratified_split
+    from lejepa_cli.probe import probe_protocol, read_labels, stratified_split
 
     result = run_probe(
         data["run"],
@@ -394,8 +394,7 @@ def test_random_baseline_draws_one_initialisation_per_seed(data, tmp_path):
     files = {written["cache"][k]["file"] for k in ("checkpoint", "random-0", "random-1")}
     assert len(files) == 3  # three networks, three feature files
 
-    paths = [str(data["root"] / rel) for rel, _ in data["rows"]]
-    shuffled = [lab for _, lab in (line.split(",") for line in _lines(data["shuffled"]))]
+    paths, shuffled = read_labels(data["shuffled"])
     classes = sorted(set(shuffled))
     y = np.array([classes.index(lab) for lab in shuffled])
     train_idx, val_idx = stratified_split(y, 0.2, 0, classes)
@@ -420,10 +419,6 @@ def test_probe_protocol_takes_a_count_or_the_seeds():
     by_count = probe_protocol(x, y, train_idx, val_idx, ["a", "b", "c"], (2, "all"), seeds=2)
     by_list = probe_protocol(x, y, train_idx, val_idx, ["a", "b", "c"], (2, "all"), seeds=[0, 1])
     assert by_count == by_list
-
-
-def _lines(csv_path: Path) -> list[str]:
-    return csv_path.read_text().splitlines()[1:]
 
 
 def test_stratified_folds_deal_every_class_over_the_folds():

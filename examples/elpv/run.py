@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         choices=(4, 2),
         default=4,
         help="probe the 4 defect classes, or 2 (functional or defective; results files and "
-        "the probe folder get a -2class suffix, the pretraining is shared)",
+        "the probe folder get a _2class suffix, the pretraining is shared)",
     )
     args = parser.parse_args(argv)
     preset = PRESETS[args.preset]
