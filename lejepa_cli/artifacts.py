@@ -7,7 +7,9 @@ of another architecture or a damaged file are reported instead of silently half-
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from torch import nn
 from lejepa_cli import checkpoint as ckpt_io
 from lejepa_cli.config import MAX_SIZE
 from lejepa_cli.errors import CheckpointError, UsageError
-from lejepa_cli.model import DataSpec
+from lejepa_cli.model import MIN_CROP_PCT, DataSpec
 
 WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
@@ -63,29 +65,56 @@ def kind_of(path: Path) -> str:
 
 
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+_SPEC_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 
 
-def spec_from_meta(data: dict[str, Any]) -> DataSpec:
-    """The preprocessing recorded in a checkpoint's meta.json or an export's pretrained_cfg;
-    KeyError, TypeError or ValueError when a value is missing or cannot be right."""
-    size = data["input_size"]
-    size = size[-1] if isinstance(size, (list, tuple)) else size
-    spec = DataSpec(
-        input_size=int(size),
-        mean=tuple(float(v) for v in data["mean"]),
-        std=tuple(float(v) for v in data["std"]),
-        interpolation=str(data["interpolation"]),
-        crop_pct=float(data["crop_pct"]),
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite_triple(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 3
+        and all(_is_number(v) and math.isfinite(v) for v in value)
     )
-    if not 1 <= spec.input_size <= MAX_SIZE:
-        raise ValueError(f"input_size {size}")
-    if len(spec.mean) != 3 or len(spec.std) != 3 or not all(v > 0 for v in spec.std):
-        raise ValueError("mean and std need three values, std above 0")
-    if spec.interpolation not in _INTERPOLATIONS:
-        raise ValueError(f"interpolation {spec.interpolation!r}")
-    if not spec.crop_pct > 0:
-        raise ValueError(f"crop_pct {spec.crop_pct}")
-    return spec
+
+
+def spec_from_meta(data: Any) -> DataSpec:
+    """The preprocessing recorded in a checkpoint's meta.json or an export's pretrained_cfg;
+    a ValueError that starts with the field's name when a value is missing or cannot be right."""
+    if not isinstance(data, dict):
+        raise ValueError(f"is {data!r}, not a mapping")
+    for key in _SPEC_KEYS:
+        if key not in data:
+            raise ValueError(f"{key} is missing")
+    size = data["input_size"]
+    if isinstance(size, list):  # timm's [channels, height, width]
+        if len(size) != 3 or size[0] != 3 or size[1] != size[2]:
+            raise ValueError(f"input_size {size} is not [3, S, S]")
+        size = size[-1]
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
+        raise ValueError(f"input_size {size} is not a whole number from 1 to {MAX_SIZE}")
+    mean, std = data["mean"], data["std"]
+    if not _finite_triple(mean):
+        raise ValueError(f"mean {mean} is not three finite numbers")
+    if not _finite_triple(std) or not all(v > 0 for v in std):
+        raise ValueError(f"std {std} is not three finite numbers above 0")
+    interpolation = data["interpolation"]
+    if interpolation not in _INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation {interpolation!r} is not one of {', '.join(_INTERPOLATIONS)}"
+        )
+    crop = data["crop_pct"]
+    if not _is_number(crop) or not MIN_CROP_PCT <= crop <= 1:
+        raise ValueError(f"crop_pct {crop} is not a number from {MIN_CROP_PCT} to 1")
+    return DataSpec(
+        input_size=size,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        interpolation=interpolation,
+        crop_pct=float(crop),
+    )
 
 
 def model_args_of(backbone: nn.Module) -> dict[str, Any]:
@@ -147,7 +176,7 @@ def _read_weights(path: Path, prefix: str | None) -> dict:
     return weights
 
 
-def _check_shapes(backbone: nn.Module, weights: dict, where: str, arch: str) -> None:
+def _check_tensors(backbone: nn.Module, weights: dict, where: str, arch: str, path: Path) -> None:
     # load_state_dict raises on shape mismatches with a wall of text: say it in one line.
     own = backbone.state_dict()
     bad = [k for k, v in weights.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
@@ -156,6 +185,17 @@ def _check_shapes(backbone: nn.Module, weights: dict, where: str, arch: str) -> 
             f"{where} does not hold weights for {arch}: {len(bad)} tensors have other shapes "
             f"(e.g. {bad[0]}: {tuple(weights[bad[0]].shape)} vs {tuple(own[bad[0]].shape)}); "
             "pick the checkpoint or export that belongs to this architecture"
+        )
+    # load_state_dict would cast integers or booleans into the weights without a word.
+    bad = [
+        k
+        for k, v in weights.items()
+        if k in own and own[k].is_floating_point() and not v.is_floating_point()
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{path} holds {weights[bad[0]].dtype} tensors where {arch} has floating-point "
+            f"weights (e.g. {bad[0]}); the file is damaged: {ckpt_io.weights_fix(path)}"
         )
 
 
@@ -171,21 +211,33 @@ def _saved_arch(run_dir: Path) -> str | None:
     return str(data["arch"]) if isinstance(data, dict) and data.get("arch") else None
 
 
+def _model_of_meta(meta: dict[str, Any]) -> tuple[str, int, DataSpec]:
+    """(architecture, global size, eval preprocessing) of a checkpoint's meta.json, whose
+    field types `read_meta` has checked; a ValueError naming the field."""
+    for key in ("arch", "global_size", "data"):
+        if key not in meta:
+            raise ValueError(f"{key} is missing")
+    if not meta["arch"]:
+        raise ValueError("arch is empty")
+    if not 1 <= meta["global_size"] <= MAX_SIZE:
+        raise ValueError(f"global_size {meta['global_size']} is not from 1 to {MAX_SIZE}")
+    try:
+        spec = spec_from_meta(meta["data"])
+    except ValueError as exc:
+        raise ValueError(f"data.{exc}") from None
+    return meta["arch"], meta["global_size"], spec
+
+
 def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
     from lejepa_cli.model import build_backbone
 
     meta = ckpt_io.read_meta(ckpt)
     try:
-        arch = str(meta["arch"])
-        size = int(meta["global_size"])
-        spec = spec_from_meta(meta["data"])
-    except KeyError as exc:
+        arch, size, spec = _model_of_meta(meta)
+    except ValueError as exc:
         raise CheckpointError(
-            f"{ckpt}/meta.json lacks {exc} (arch, global_size, data); the checkpoint is damaged"
-        ) from None
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{ckpt}/meta.json has an invalid value ({exc}); the checkpoint is damaged"
+            f"{ckpt}/meta.json has an invalid value ({exc}); the checkpoint is damaged: "
+            + ckpt_io.damaged_checkpoint_fix(ckpt)
         ) from None
     config_arch = _saved_arch(run_dir) if run_dir is not None else None
     if config_arch is not None and config_arch != arch:
@@ -197,7 +249,7 @@ def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
     weights = _read_weights(ckpt / WEIGHTS, prefix="backbone")
     backbone = build_backbone(arch, img_size=size)
     where = f"checkpoint {ckpt.name}"
-    _check_shapes(backbone, weights, where, arch)
+    _check_tensors(backbone, weights, where, arch, ckpt / WEIGHTS)
     _load_strict(backbone, weights, where, arch)
     backbone.eval().requires_grad_(False)
     return Encoder(
@@ -218,38 +270,94 @@ def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
 
 
 def read_export_config(export_dir: Path) -> dict[str, Any]:
+    """An export's config.json with every field lejepa reads checked; a CheckpointError that
+    names the field and says to export again otherwise."""
     path = Path(export_dir) / EXPORT_CONFIG
     try:
         cfg = json.loads(path.read_text())
-        if not isinstance(cfg, dict) or "architecture" not in cfg or "pretrained_cfg" not in cfg:
-            raise ValueError("no architecture or pretrained_cfg")
-        if not isinstance(cfg["architecture"], str) or not isinstance(cfg["pretrained_cfg"], dict):
-            raise ValueError("architecture must be a name and pretrained_cfg a mapping")
-        for key in ("model_args", "lejepa"):
-            if not isinstance(cfg.get(key) or {}, dict):
-                raise ValueError(f"{key} must be a mapping")
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read {path} ({exc}); export the run again") from None
+    try:
+        _check_export_config(cfg)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"{path} has an invalid value ({exc}); export the run again"
+        ) from None
     return cfg
+
+
+def _check_export_config(cfg: Any) -> None:
+    if not isinstance(cfg, dict):
+        raise ValueError("it is not a JSON object")
+    if not isinstance(cfg.get("architecture"), str) or not cfg["architecture"]:
+        raise ValueError("architecture must be a model name")
+    if not isinstance(cfg.get("pretrained_cfg"), dict):
+        raise ValueError("pretrained_cfg must be a mapping")
+    try:
+        spec_from_meta(cfg["pretrained_cfg"])
+    except ValueError as exc:
+        raise ValueError(f"pretrained_cfg.{exc}") from None
+    for key in ("model_args", "lejepa"):
+        if not isinstance(cfg.get(key) or {}, dict):
+            raise ValueError(f"{key} must be a mapping")
+    for name, value in (cfg.get("model_args") or {}).items():
+        _check_model_arg(name, value)
+    extra = cfg.get("lejepa") or {}
+    if not isinstance(extra.get("sha256") or "", str):
+        raise ValueError(f"lejepa.sha256 {extra['sha256']!r} is not a checksum")
+    source = extra.get("source") or {}
+    if not isinstance(source, dict):
+        raise ValueError("lejepa.source must be a mapping")
+    if not isinstance(source.get("checkpoint") or "", str):
+        raise ValueError(f"lejepa.source.checkpoint {source['checkpoint']!r} is not a name")
+    for key in ("step", "epoch"):
+        value = source.get(key)
+        if value is not None and not (_is_number(value) and isinstance(value, int)):
+            raise ValueError(f"lejepa.source.{key} {value!r} is not a whole number")
+
+
+def _check_model_arg(name: str, value: Any) -> None:
+    """A create_model keyword as `model_args_of` writes it: text, a finite number, a flag, or a
+    list of those; a rate (drop_rate, drop_path_rate...) from 0 to 1."""
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not (item is None or isinstance(item, (bool, str)) or _is_number(item)):
+            raise ValueError(f"model_args.{name} {value!r} is not text, a number or a flag")
+        if _is_number(item) and not math.isfinite(item):
+            raise ValueError(f"model_args.{name} {value!r} is not finite")
+    if name.endswith("_rate") and value is not None and not (_is_number(value) and 0 <= value <= 1):
+        raise ValueError(f"model_args.{name} {value!r} is not a rate from 0 to 1")
+
+
+def _check_model_arg_types(backbone: nn.Module, model_args: dict[str, Any]) -> None:
+    """Each saved argument has the type of the default the model's constructor declares: a
+    wrong type can build and only fail in the forward pass (drop_rate="x")."""
+    try:
+        params = inspect.signature(type(backbone).__init__).parameters
+    except (TypeError, ValueError):  # no signature to compare with
+        return
+    for name, value in model_args.items():
+        default = params[name].default if name in params else None
+        if value is None or default is None:
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif _is_number(default):  # a size may also be given per side, as a list
+            ok, kind = _is_number(value) or isinstance(value, list), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "text"
+        else:
+            continue
+        if not ok:
+            raise ValueError(f"model_args.{name} {value!r} is not {kind}")
 
 
 def _from_export(export_dir: Path) -> Encoder:
     cfg = read_export_config(export_dir)
-    arch = str(cfg["architecture"])
+    arch = cfg["architecture"]
     model_args = dict(cfg.get("model_args") or {})
     model_args.pop("num_classes", None)
-    pcfg = cfg["pretrained_cfg"]
-    try:
-        spec = spec_from_meta(pcfg)
-    except KeyError as exc:
-        raise CheckpointError(
-            f"{export_dir}/config.json pretrained_cfg lacks {exc}; export the run again"
-        ) from None
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(
-            f"{export_dir}/config.json pretrained_cfg has an invalid value ({exc}); export the "
-            "run again"
-        ) from None
+    spec = spec_from_meta(cfg["pretrained_cfg"])  # checked by read_export_config
     path = export_dir / WEIGHTS
     fingerprint = sha256_file(path) if path.is_file() else ""
     recorded = (cfg.get("lejepa") or {}).get("sha256")
@@ -262,12 +370,20 @@ def _from_export(export_dir: Path) -> Encoder:
     weights = _read_weights(path, prefix=None)
     try:
         backbone = _build(arch, model_args)
-    except (TypeError, ValueError) as exc:
+    except Exception as exc:  # timm asserts, raises TypeError, ValueError...: any of it
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split()).rstrip(":")
         raise CheckpointError(
-            f"{export_dir}/config.json model_args do not build {arch} ({exc}); export the run again"
+            f"{export_dir}/config.json model_args do not build {arch} ({reason}); "
+            "export the run again"
+        ) from None
+    try:
+        _check_model_arg_types(backbone, model_args)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"{export_dir}/config.json has an invalid value ({exc}); export the run again"
         ) from None
     where = f"export {export_dir}"
-    _check_shapes(backbone, weights, where, arch)
+    _check_tensors(backbone, weights, where, arch, path)
     _load_strict(backbone, weights, where, arch)
     backbone.eval().requires_grad_(False)
     src = (cfg.get("lejepa") or {}).get("source") or {}

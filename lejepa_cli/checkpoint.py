@@ -16,6 +16,7 @@ kill -9 at any point leaves the previous checkpoint and pointer intact.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -117,7 +118,11 @@ def clean_partial(run_dir: Path) -> None:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (by step)."""
+    """Complete checkpoints of a run, oldest first (by step).
+
+    A checkpoint whose meta.json cannot be read is still listed (so that it can be named), first:
+    `last()` and the fixes that point at another checkpoint then never pick it over a sound one.
+    """
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
@@ -126,23 +131,99 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         for p in root.iterdir()
         if p.is_dir() and _NAME.match(p.name) and (p / "meta.json").is_file()
     ]
-    return sorted(found, key=lambda p: (read_meta(p).get("step", 0), p.name))
+
+    def key(p: Path) -> tuple[int, str]:
+        try:
+            step = _load_meta(p).get("step")
+        except (OSError, ValueError):
+            step = None
+        return (-1 if step is None else step, p.name)
+
+    return sorted(found, key=key)
+
+
+# Types of the meta.json fields that commands read; each may be absent, never of another type.
+_WHOLE_FIELDS = (
+    "step",
+    "epoch",
+    "global_size",
+    "local_size",
+    "feature_dim",
+    "images_seen",
+    "num_train_images",
+)
+_NUMBER_FIELDS = ("lam", "saved_at")
+_TEXT_FIELDS = ("arch", "name", "version")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _load_meta(ckpt: Path) -> dict[str, Any]:
+    """meta.json with its fields checked; OSError or ValueError (naming the field) otherwise."""
+    meta = json.loads((Path(ckpt) / "meta.json").read_text())
+    if not isinstance(meta, dict):
+        raise ValueError("not a mapping")
+    for key in _WHOLE_FIELDS:
+        value = meta.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key} is {value!r}, not a whole number")
+    for key in _NUMBER_FIELDS:
+        value = meta.get(key, 0)
+        if not _is_number(value) or not math.isfinite(value):
+            raise ValueError(f"{key} is {value!r}, not a number")
+    for key in _TEXT_FIELDS:
+        if not isinstance(meta.get(key, ""), str):
+            raise ValueError(f"{key} is {meta[key]!r}, not text")
+    if not isinstance(meta.get("data", {}), dict):
+        raise ValueError(f"data is {meta['data']!r}, not a mapping")
+    train = meta.get("train")  # the epoch's mean losses: name -> number (None when unknown)
+    if train is not None and not (
+        isinstance(train, dict)
+        and all(isinstance(k, str) and (v is None or _is_number(v)) for k, v in train.items())
+    ):
+        raise ValueError(f"train is {train!r}, not a mapping of losses")
+    return meta
 
 
 def read_meta(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json; a CheckpointError naming the checkpoint and the fix when it
+    cannot be read or a field has the wrong type."""
     try:
-        meta = json.loads((Path(ckpt) / "meta.json").read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a mapping")
-        for key in ("step", "epoch"):
-            value = meta.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{key} is {value!r}, not a whole number")
+        return _load_meta(ckpt)
     except (OSError, ValueError) as exc:
         raise CheckpointError(
-            f"cannot read {ckpt}/meta.json ({exc}); the checkpoint is damaged"
+            f"cannot read {ckpt}/meta.json ({exc}); the checkpoint is damaged: "
+            + damaged_checkpoint_fix(ckpt)
         ) from None
-    return meta
+
+
+def _sound(ckpt: Path) -> bool:
+    try:
+        _load_meta(ckpt)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _others(ckpt: Path) -> list[Path] | None:
+    """The run's other checkpoints with a readable meta.json, oldest first; None when `ckpt` is
+    not inside a run's checkpoints folder."""
+    ckpt = Path(ckpt)
+    if ckpt.parent.name != CHECKPOINTS:
+        return None
+    return [p for p in list_checkpoints(ckpt.parent.parent) if p.name != ckpt.name and _sound(p)]
+
+
+def damaged_checkpoint_fix(ckpt: Path) -> str:
+    """What to do about a checkpoint that cannot be used by any command: use another one."""
+    others = _others(ckpt)
+    if others is None:
+        return "copy it again from its run, or use another checkpoint"
+    if others:
+        return f"delete {ckpt} and use another checkpoint of the run (such as {others[-1].name})"
+    return "it is the run's only readable checkpoint: start over with --overwrite"
 
 
 def _plain_name(name: Any) -> bool:
@@ -217,6 +298,14 @@ def check_readable(path: Path) -> None:
         pass
 
 
+def weights_fix(path: Path) -> str:
+    """What to do about a damaged weights file: a checkpoint's or an export's."""
+    path = Path(path)
+    if (path.parent / "meta.json").is_file():
+        return damaged_checkpoint_fix(path.parent)
+    return "export the run again"
+
+
 def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors (optionally only those under `prefix.`, with it stripped)."""
     from safetensors import SafetensorError
@@ -228,6 +317,17 @@ def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tenso
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:
         raise CheckpointError(f"cannot read weights from {path}: {exc}") from None
+    # Training never saves non-finite weights: NaN or inf here is damage, and it would only
+    # surface as embeddings of NaN. One pass over each tensor, cheap beside any forward pass.
+    bad = next(
+        (k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()),
+        None,
+    )
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights (in {bad}); the file is damaged: "
+            + weights_fix(path)
+        )
     if prefix is None:
         return tensors
     start = prefix + "."
@@ -280,12 +380,9 @@ def save_train_state(state: dict[str, Any], path: Path) -> None:
 
 
 def damaged_fix(ckpt: Path) -> str:
-    """What to do about a damaged checkpoint: go back to an earlier one when the run has one."""
-    ckpt = Path(ckpt)
-    try:
-        earlier = [p for p in list_checkpoints(ckpt.parent.parent) if p.name != ckpt.name]
-    except CheckpointError:  # another checkpoint is damaged too
-        earlier = []
+    """What to do about a damaged train state: go back to an earlier checkpoint when the run
+    has a sound one."""
+    earlier = _others(ckpt) or []
     if earlier:
         return f"delete {ckpt} to resume from {earlier[-1].name}, or start over with --overwrite"
     return "it is the run's only checkpoint: start over with --overwrite"

@@ -24,6 +24,11 @@ AUTO = "auto"
 MAX_SIZE = 4096  # pixels per side of a view
 MAX_SLICES = 65536  # SIGReg directions per step; the recipe uses 1024
 MAX_WORKERS = 64  # DataLoader processes per process; more only costs memory
+# The smallest share of the image an eval view keeps: below it the resize before the centre
+# crop grows past ten times the input size (0.01 at 320 px would mean a 32000 px resize).
+MIN_CROP_PCT = 0.1
+MAX_VIEWS = 64  # views of each kind per image; the recipe uses 2 global and 6 local
+MAX_WIDTH = 16384  # projector widths: one 16384 x 16384 layer is already 1 GB of weights
 
 # The recipe's augmentation settings per view, as in `lejepa_cli.data.multicrop.MultiCropConfig`
 # (a test keeps the two equal). Counts, sizes and scales of the views have flags of their own;
@@ -238,12 +243,12 @@ def validate(cfg: PretrainConfig) -> None:
         (0 <= cfg.lam <= 1, "--lam must be between 0 and 1"),
         (0 <= cfg.min_lr_ratio <= 1, "--min-lr-ratio must be between 0 and 1"),
         (1 <= cfg.num_slices <= MAX_SLICES, f"--num-slices must be between 1 and {MAX_SLICES}"),
-        (cfg.proj_dim >= 1, "--proj-dim must be at least 1"),
-        (cfg.proj_hidden >= 1, "--proj-hidden must be at least 1"),
+        (1 <= cfg.proj_dim <= MAX_WIDTH, f"--proj-dim must be between 1 and {MAX_WIDTH}"),
+        (1 <= cfg.proj_hidden <= MAX_WIDTH, f"--proj-hidden must be between 1 and {MAX_WIDTH}"),
         (0 <= cfg.drop_path < 1, "--drop-path is a rate from 0 up to (not including) 1"),
         (0 <= cfg.seed < 2**32, "--seed must be between 0 and 4294967295"),
-        (cfg.global_views >= 1, "--global-views must be at least 1"),
-        (cfg.local_views >= 0, "--local-views must be 0 or more"),
+        (1 <= cfg.global_views <= MAX_VIEWS, f"--global-views must be between 1 and {MAX_VIEWS}"),
+        (0 <= cfg.local_views <= MAX_VIEWS, f"--local-views must be between 0 and {MAX_VIEWS}"),
         (cfg.global_views + cfg.local_views >= 2, "use at least two views in total"),
         (cfg.log_every >= 1, "--log-every must be at least 1"),
         (cfg.max_steps is None or cfg.max_steps >= 1, "--max-steps must be at least 1"),
@@ -256,8 +261,8 @@ def validate(cfg: PretrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
-    if cfg.crop_pct != AUTO and not 0 < float(cfg.crop_pct) <= 1:
-        raise UsageError("--crop-pct must be 'auto' or a number above 0 and at most 1")
+    if cfg.crop_pct != AUTO and not MIN_CROP_PCT <= float(cfg.crop_pct) <= 1:
+        raise UsageError(f"--crop-pct must be 'auto' or a number from {MIN_CROP_PCT} to 1")
     for name in ("weight_decay", "warmup_epochs"):
         value = getattr(cfg, name)
         if value != AUTO and not 0 <= float(value) < math.inf:

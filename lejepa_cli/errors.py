@@ -5,6 +5,8 @@ Every message says what is wrong *and* how to fix it, because it is the only thi
 
 from __future__ import annotations
 
+import os
+
 
 class LejepaError(Exception):
     """A failure the user can act on. Exit code 1 (runtime) unless a subclass says otherwise."""
@@ -32,6 +34,22 @@ class CheckpointError(LejepaError):
 
 class DivergedError(LejepaError):
     """Training produced a non-finite loss."""
+
+
+def require_utf8_path(flag: str, path) -> None:
+    """Refuse a path whose name is not UTF-8: the run's reports and safetensors files need it.
+
+    File names inside an image folder may be anything (they are skipped or read as they are);
+    the folders the user names for a run, its data and its outputs are written into text files.
+    """
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+        raise UsageError(
+            f"{flag} {shown} is not a UTF-8 name; rename it (or choose another path) with "
+            "UTF-8 characters only"
+        ) from None
 
 
 class Interrupted(LejepaError):

@@ -15,6 +15,7 @@ exactly the eval preprocessing of `lejepa embed` and `lejepa probe`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -25,7 +26,7 @@ from typing import Any
 from lejepa_cli import __version__
 from lejepa_cli import checkpoint as ckpt_io
 from lejepa_cli.artifacts import EXPORT_CONFIG, WEIGHTS, Encoder, kind_of, sha256_file
-from lejepa_cli.errors import RunDirError, UsageError
+from lejepa_cli.errors import RunDirError, UsageError, require_utf8_path
 
 FORMATS = ("safetensors", "onnx")
 README = "README.md"
@@ -102,37 +103,56 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def probe_summary(probe_json: Path) -> dict[str, Any] | None:
-    """The headline rows of a probe.json (all shots, both heads, with the baseline if any)."""
+    """The headline rows of a probe.json (all shots, both heads, with the baseline if any).
+
+    A file that is missing, damaged or edited into another shape is left out (None), and rows
+    or figures of the wrong type are dropped: the export does not depend on it."""
     try:
-        data = json.loads(Path(probe_json).read_text())
-        rows = data["rows"]
-    except (OSError, ValueError, KeyError, TypeError):
+        data = json.loads(Path(probe_json).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
         return None
     keep = []
     for r in rows:
+        if not isinstance(r, dict):
+            continue
         keep.append(
             {
-                "model": r.get("name"),
+                "model": _text(r.get("name")),
                 "baseline": r.get("model") != "checkpoint",
-                "head": r.get("head"),
-                "shots": r.get("shots"),
+                "head": _text(r.get("head")),
+                "shots": r.get("shots") if isinstance(r.get("shots"), (int, str)) else None,
                 **{
                     m: {"mean": r[m]["mean"], "std": r[m]["std"]}
                     for m in ("top1", "balanced_accuracy", "macro_f1")
                     if isinstance(r.get(m), dict)
+                    and _number(r[m].get("mean"))
+                    and _number(r[m].get("std"))
                 },
             }
         )
-    source = data.get("source") or {}
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    counts = data.get("val_counts") if isinstance(data.get("val_counts"), dict) else {}
+    classes = data.get("classes") if isinstance(data.get("classes"), list) else []
     return {
-        "checkpoint": source.get("checkpoint"),
-        "labels": data.get("labels"),
-        "validation": data.get("validation"),
-        "num_classes": len(data.get("classes") or []),
-        "num_val": sum((data.get("val_counts") or {}).values()),
-        "seeds": data.get("seeds"),
+        "checkpoint": _text(source.get("checkpoint")),
+        "labels": _text(data.get("labels")),
+        "validation": _text(data.get("validation")),
+        "num_classes": len(classes),
+        "num_val": sum(int(n) for n in counts.values() if _number(n)),
+        "seeds": data.get("seeds") if _number(data.get("seeds")) else None,
         "rows": keep,
     }
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _text(x: Any) -> str | None:
+    return x if isinstance(x, str) else None
 
 
 def _versions() -> dict[str, str]:
@@ -153,10 +173,26 @@ def _check_out_dir(out: Path, run_dir: Path, overwrite: bool) -> None:
         raise UsageError(f"--out {out} is inside the run {run_dir}; export to a folder of its own")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; pass a folder to export into")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise RunDirError(
-            f"{out} is not empty; pick a new folder or pass --overwrite to replace the export there"
-        )
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"{out} is not empty; pick a new folder or pass --overwrite to replace the "
+                "export there"
+            )
+        if not _holds_export(out):  # --overwrite replaces an export, not someone's folder
+            raise RunDirError(
+                f"{out} is not empty and holds no lejepa export, so --overwrite would replace "
+                "files it did not write; pick a new or empty folder"
+            )
+
+
+def _holds_export(folder: Path) -> bool:
+    """Whether `folder` has the config.json of a lejepa export (its `lejepa` section)."""
+    try:
+        data = json.loads((folder / EXPORT_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("lejepa"), dict)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -175,6 +211,7 @@ def export(
     """Export `checkpoint` of a run (default: best when report.json recommends one, else last)
     into `out_dir`; returns `out_dir`. `fmt="onnx"` also writes model.onnx."""
     run_dir, out = Path(run_dir), Path(out_dir)
+    require_utf8_path("--out", out.absolute())
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if fmt == "onnx":

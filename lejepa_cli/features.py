@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from lejepa_cli.config import MAX_WORKERS
 from lejepa_cli.model import DataSpec
 
 KINDS = ("embed", "probe")
+# Images per forward pass: 65536 images of 224 px are already 39 GB of input.
+MAX_BATCH_SIZE = 65536
 ProgressFn = Callable[[int, int], None]  # (images done, images in total)
 
 
@@ -71,6 +74,17 @@ def resolve_workers(workers: int | str | None, num_images: int) -> int:
         raise UsageError(
             f"--workers takes a number from 0 to {MAX_WORKERS}, or auto, not {workers!r}"
         ) from None
+
+
+def check_batch_size(batch_size: int) -> int:
+    """The --batch-size of a feature pass, refused with one line when out of range."""
+    if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
+        from lejepa_cli.errors import UsageError
+
+        raise UsageError(
+            f"--batch-size takes a number from 1 to {MAX_BATCH_SIZE} images, not {batch_size}"
+        )
+    return int(batch_size)
 
 
 def data_config(spec: DataSpec) -> dict[str, Any]:
@@ -150,7 +164,7 @@ def _loader(
     dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec.input_size)
     return torch.utils.data.DataLoader(
         dataset,
-        batch_size=max(1, int(batch_size)),
+        batch_size=check_batch_size(batch_size),
         shuffle=False,
         num_workers=resolve_workers(workers, len(dataset)),
         pin_memory=dev.type == "cuda",
@@ -224,7 +238,7 @@ def calibrate_norm_stats(
         paths = paths[np.sort(pick)]
     dev = resolve_device(device)
     backbone.to(dev)
-    loader = _loader(encoder, paths, max(2, int(batch_size)), workers, dev)
+    loader = _loader(encoder, paths, max(2, check_batch_size(batch_size)), workers, dev)
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
@@ -333,9 +347,13 @@ def cached_features(
                 with np.load(file, allow_pickle=False) as data:
                     if np.array_equal(data["paths"], unique):
                         feats, ok, reasons = data["features"], data["ok"], data["reasons"].tolist()
+                        if not len(feats) == len(ok) == len(reasons) == len(unique):
+                            raise ValueError("the cache's rows do not match its images")
                         cached = True
-            except (OSError, ValueError, KeyError):
-                feats = None  # a damaged cache file is recomputed and replaced
+            except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+                # a damaged cache file (cut short, overwritten) is recomputed and replaced
+                feats = ok = reasons = None
+                cached = False
     if feats is None:
         feats, ok, reasons = _extract(
             encoder, unique, kind, batch_size, workers, device, progress_cb

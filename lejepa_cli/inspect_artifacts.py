@@ -106,8 +106,8 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     try:
         meta = ckpt_io.read_meta(path)
-    except LejepaError as exc:
-        raise _damaged(path, str(exc)) from None
+    except LejepaError as exc:  # the message names the checkpoint and the fix: exit 2 with it
+        raise UsageError(str(exc)) from None
     summary = weights_summary(path / WEIGHTS)
     heldout = None
     with contextlib.suppress(OSError, ValueError):
@@ -162,16 +162,14 @@ def describe_weights(path: Path) -> dict[str, Any]:
 
 def describe_export(path: Path) -> dict[str, Any]:
     """An export directory: config.json (timm keys plus lejepa's record) and model.safetensors."""
-    from lejepa_cli.artifacts import sha256_file
+    from lejepa_cli.artifacts import read_export_config, sha256_file
 
     path = Path(path)
     try:
-        cfg = json.loads((path / EXPORT_CONFIG).read_text())
-        if not isinstance(cfg, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise _damaged(path / EXPORT_CONFIG, f"not readable JSON ({exc})") from None
-    extra = cfg.get("lejepa") if isinstance(cfg.get("lejepa"), dict) else {}
+        cfg = read_export_config(path)
+    except LejepaError as exc:  # a damaged export is refused like any damaged path (exit 2)
+        raise UsageError(str(exc)) from None
+    extra = cfg.get("lejepa") or {}
     recorded = extra.get("sha256")
     checksum = None
     if recorded and (path / WEIGHTS).is_file():
@@ -181,7 +179,7 @@ def describe_export(path: Path) -> dict[str, Any]:
                 path / WEIGHTS, "its sha256 differs from the one recorded in config.json"
             )
     summary = weights_summary(path / WEIGHTS)
-    pcfg = cfg.get("pretrained_cfg") if isinstance(cfg.get("pretrained_cfg"), dict) else {}
+    pcfg = cfg["pretrained_cfg"]
     input_size = pcfg.get("input_size")
     return {
         "kind": "export",
@@ -452,7 +450,8 @@ def render_run(item: dict[str, Any], console) -> None:
             if c["collapsed"]:
                 status.append("[red]collapsed[/red]")
             if not c["exists"]:
-                status.append("[dim]deleted[/dim]")
+                on_disk = (Path(item["path"]) / ckpt_io.CHECKPOINTS / c["checkpoint"]).is_dir()
+                status.append("[red]damaged[/red]" if on_disk else "[dim]deleted[/dim]")
             if c["score_source"] == "train":
                 status.append("[dim]train loss only[/dim]")
             table.add_row(

@@ -21,8 +21,10 @@ Protocol (kept fixed so numbers compare across checkpoints and runs):
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import io
 import json
 import math
 import time
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lejepa_cli.config import MIN_CROP_PCT
 from lejepa_cli.errors import DataError, UsageError
 
 ALL = "all"
@@ -59,6 +62,7 @@ WARMUP_SHARE = 0.05  # of the steps, linear warmup
 KNN_K = 20
 KNN_T = 0.07
 METRICS = ("top1", "balanced_accuracy", "macro_f1")
+MAX_SEEDS = 1000  # repeats per shots setting; with 1000 the mean is known to 3% of the spread
 
 ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -90,11 +94,30 @@ def read_labels(
     base = Path(root) if root is not None else csv_path.parent
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            rows = [(i + 2, r) for i, r in enumerate(reader)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {csv_path} as CSV ({exc}); save it as UTF-8 text") from None
+    if "\0" in text:  # no path can hold one; a file full of them is UTF-16 or binary
+        line = text.count("\n", 0, text.index("\0")) + 1
+        raise DataError(
+            f"{csv_path} line {line} contains a NUL byte, which no path or label can hold; "
+            "remove it (or, if the file was saved as UTF-16, save it as UTF-8 text)"
+        )
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, line = [], 1  # (line the row starts on, cells)
+    try:
+        header = next(reader, None)
+        line = reader.line_num + 1
+        for row in reader:
+            rows.append((line, row))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        if "field larger than field limit" in str(exc):
+            raise DataError(
+                f"{csv_path} line {line}: a field runs past {csv.field_size_limit()} characters; "
+                'close or remove a stray double quote (") there, or shorten the path or label'
+            ) from None
+        raise DataError(f"{csv_path} line {line}: {exc}; fix that row") from None
     names = [h.strip().lower() for h in header or []]
     if "path" not in names or "label" not in names:
         found = ", ".join(h.strip() for h in header or []) or "nothing"
@@ -574,13 +597,23 @@ def probe_protocol(
 
 def check_labels(labels_csv: str | Path) -> tuple[list[str], list[str], list[str]]:
     """(paths, labels, sorted classes) of the labels CSV that `lejepa pretrain --labels` probes
-    every kept checkpoint with: readable, paths present, at least two classes. Pretraining calls
-    this before its first step, so a bad file fails in a second, not after the whole run."""
+    every kept checkpoint with: readable, paths present, at least two classes, and at least two
+    examples of each (the probe holds out a share of every class). Pretraining calls this before
+    its first step, so a bad file fails in a second, not after the whole run."""
     paths, labels = read_labels(labels_csv, root_flag=None)
     classes = _sort_classes(labels)
     if len(classes) < 2:
         raise DataError(
             f"{labels_csv} has a single class ('{classes[0]}'); a probe needs at least two"
+        )
+    counts = collections.Counter(labels)
+    single = [c for c in classes if counts[c] < 2]
+    if single:
+        raise DataError(
+            f"class '{single[0]}' has only 1 labeled example in {labels_csv}"
+            + (f" ({len(single)} classes do)" if len(single) > 1 else "")
+            + "; the report's probe holds out part of every class, so give each class at "
+            "least 2 examples or drop that class"
         )
     return paths, labels, classes
 
@@ -687,9 +720,10 @@ def _save_confusion(
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     ticks = range(n)
     names = [c if len(c) <= 18 else c[:17] + "…" for c in classes]
+    # Class names are text, not mathtext: a label such as `a$^$b` must not be parsed.
     if n <= 60:
-        ax.set_xticks(list(ticks), names, rotation=90, fontsize=8)
-        ax.set_yticks(list(ticks), names, fontsize=8)
+        ax.set_xticks(list(ticks), names, rotation=90, fontsize=8, parse_math=False)
+        ax.set_yticks(list(ticks), names, fontsize=8, parse_math=False)
     if n <= 25:  # counts stay legible up to about this many classes
         for i in range(n):
             for j in range(n):
@@ -700,7 +734,7 @@ def _save_confusion(
                     )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(title, parse_math=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -744,24 +778,31 @@ def run_probe(
     balanced: bool = False,
     crop_pct: float | None = None,
 ) -> ProbeResult:
-    """Probe a run's checkpoint or an export with labeled images; write probe.json and a
-    confusion matrix into `out_dir` (default MODEL/probe/). `balanced` weights the linear
-    head's classes alike, for imbalanced labels scored by balanced accuracy. `crop_pct`
-    replaces the model's recorded eval crop (for both the model and the random baseline)."""
+    """Probe a run's checkpoint or an export with labeled images; write probe.json and, when
+    `shots` include 'all', a confusion matrix into `out_dir` (default MODEL/probe/). `balanced`
+    weights the linear head's classes alike, for imbalanced labels scored by balanced accuracy.
+    `crop_pct` replaces the model's recorded eval crop (for both the model and the random
+    baseline)."""
     from lejepa_cli import __version__
     from lejepa_cli.artifacts import load_encoder, random_encoder
-    from lejepa_cli.features import cached_features, calibrate_norm_stats, resolve_device
+    from lejepa_cli.features import (
+        cached_features,
+        calibrate_norm_stats,
+        check_batch_size,
+        resolve_device,
+    )
 
     started = time.time()
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UsageError(f"--out {out_dir} is a file; pass a folder for the probe results")
     shot_list = parse_shots(shots)
-    if int(seeds) < 1:
-        raise UsageError("--seeds must be at least 1")
+    if not 1 <= int(seeds) <= MAX_SEEDS:
+        raise UsageError(f"--seeds takes a number from 1 to {MAX_SEEDS}, not {seeds}")
+    check_batch_size(batch_size)
     if baseline not in (None, "random"):
         raise UsageError(f"--baseline takes 'random', not {baseline!r}")
-    if crop_pct is not None and not 0 < crop_pct <= 1:
-        raise UsageError(f"--crop-pct takes a number above 0 and at most 1, not {crop_pct}")
+    if crop_pct is not None and not MIN_CROP_PCT <= crop_pct <= 1:
+        raise UsageError(f"--crop-pct takes a number from {MIN_CROP_PCT} to 1, not {crop_pct}")
     # Read the labels before loading any weights: a bad CSV fails in a blink.
     train_paths, train_labels = read_labels(labels_csv, root)
     val_paths, val_labels = read_labels(val_csv, root) if val_csv is not None else ([], [])
@@ -776,6 +817,14 @@ def run_probe(
             raise DataError(
                 f"{val_csv} has labels that {labels_csv} never uses ({', '.join(unknown[:5])}); "
                 "every validation class needs training examples"
+            )
+        both = set(train_paths).intersection(val_paths)  # paths are resolved: exact
+        if both:
+            first = min(both)
+            raise DataError(
+                f"{len(both)} of the {len(val_paths)} images in {val_csv} are also in "
+                f"{labels_csv} (e.g. {first}); training and validation images must be disjoint: "
+                "remove them from one of the files, or leave out --val to split the labels"
             )
         train_idx = np.arange(len(train_paths))
         paths = train_paths + val_paths
@@ -897,6 +946,8 @@ def run_probe(
         for r in rows
         if r["model"] == "checkpoint" and r["head"] == "linear" and r["shots"] == ALL
     ]
+    if not main_all:  # an earlier probe's picture in --out would pass for this one's
+        (out / "confusion.png").unlink(missing_ok=True)
     if main_all:
         confusion_png = out / "confusion.png"
         _save_confusion(

@@ -54,6 +54,7 @@ import torch
 from lejepa_cli import checkpoint as ckpt_io
 from lejepa_cli import diagnostics
 from lejepa_cli.config import AUGMENT_DEFAULTS, augment_kwargs
+from lejepa_cli.errors import CheckpointError
 
 log = logging.getLogger("lejepa_cli.selection")
 
@@ -319,7 +320,8 @@ def probe_checkpoint(model, cfg, spec, device: torch.device) -> dict[str, Any]:
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     """The recorded scores of a run, the latest record per checkpoint, oldest step first.
 
-    Lines that do not parse (a write cut short by a crash) are skipped.
+    Lines that do not parse (a write cut short by a crash) or whose fields have the wrong
+    types (a hand edit) are skipped.
     """
     path = Path(run_dir) / SELECTION_FILE
     latest: dict[str, dict[str, Any]] = {}
@@ -332,9 +334,34 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
             rec = json.loads(line)
         except ValueError:
             continue
-        if isinstance(rec, dict) and isinstance(rec.get("checkpoint"), str):
+        if _valid_record(rec):
             latest[rec["checkpoint"]] = rec
     return sorted(latest.values(), key=lambda r: (r.get("step") or 0, r["checkpoint"]))
+
+
+# Types of the record fields that ranking and the report read; each may also be None or absent.
+_RECORD_WHOLE = ("step", "epoch", "heldout_images")
+_RECORD_NUMBERS = ("score", "loss", "pred", "sigreg", "lam", "effective_rank", "train_loss")
+_RECORD_MAPPINGS = ("comparison", "diagnostics", "probe", "train")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _valid_record(rec: Any) -> bool:
+    """Whether a selection.jsonl line has the shape `after_checkpoint` writes."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("checkpoint"), str):
+        return False
+    fields = [
+        *((rec.get(k), lambda v: _is_number(v) and isinstance(v, int)) for k in _RECORD_WHOLE),
+        *((rec.get(k), _is_number) for k in _RECORD_NUMBERS),
+        *((rec.get(k), lambda v: isinstance(v, dict)) for k in _RECORD_MAPPINGS),
+        (rec.get("collapsed"), lambda v: isinstance(v, bool)),
+        (rec.get("collapse_warning"), lambda v: isinstance(v, str)),
+        (rec.get("errors"), lambda v: isinstance(v, list) and all(isinstance(e, str) for e in v)),
+    ]
+    return all(value is None or check(value) for value, check in fields)
 
 
 def _append_history(run_dir: Path, record: dict[str, Any]) -> None:
@@ -395,16 +422,20 @@ def rank_checkpoints(run_dir: Path, lam: float) -> list[dict[str, Any]]:
         entry["score_source"] = "heldout" if rec.get("score") is not None else "train"
         entries[rec["checkpoint"]] = entry
     for name, path in existing.items():
-        if name in entries and entries[name].get("score") is not None:
-            continue
         try:
             meta = ckpt_io.read_meta(path)
-        except Exception:  # a damaged meta.json: listed, never recommended
-            meta = {}
+        except CheckpointError as exc:  # damaged: listed with why, never recommended
+            entry = entries.get(name) or {"checkpoint": name, "score_source": "train"}
+            entry["exists"] = False
+            entry["errors"] = [*(entry.get("errors") or []), str(exc)]
+            entries[name] = entry
+            continue
+        if name in entries and entries[name].get("score") is not None:
+            continue
         entry = entries.get(name) or {"checkpoint": name}
         entry.setdefault("step", meta.get("step"))
         entry.setdefault("epoch", meta.get("epoch"))
-        entry["exists"] = bool(meta)
+        entry["exists"] = True
         entry["score_source"] = "train"
         train_loss = _train_loss(meta)
         entry["train_loss"] = train_loss

@@ -45,6 +45,7 @@ from lejepa_cli.errors import (
     Interrupted,
     RunDirError,
     UsageError,
+    require_utf8_path,
 )
 from lejepa_cli.model import (
     DataSpec,
@@ -86,6 +87,7 @@ class RunResult:
     skipped: int
     seconds: float
     is_main: bool = True  # rank 0 (the process that reports)
+    start_step: int = 0  # where this call began: 0, or the resumed checkpoint's step
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -128,6 +130,35 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def _refuse_inputs_inside(out: Path, cfg: PretrainConfig) -> None:
+    """--overwrite empties --out: refuse when the images or labels live inside it."""
+    root = out.resolve()
+    for flag, value in (("DATA", cfg.data), ("--labels", cfg.labels)):
+        if value and Path(value).resolve().is_relative_to(root):
+            raise UsageError(
+                f"{flag} {value} is inside --out {out}, which --overwrite would empty; "
+                "move it out of the run directory or choose another --out"
+            )
+
+
+def check_patch_multiple(backbone, cfg: PretrainConfig) -> None:
+    """A ViT cuts each crop into patches: both crop sizes must be whole multiples of the patch."""
+    patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return
+    p = max(patch) if isinstance(patch, (tuple, list)) else int(patch)
+    for flag, size in (
+        ("--global-size", int(cfg.global_size)),
+        ("--local-size", int(cfg.local_size)),
+    ):
+        if size % p:
+            lower, upper = max(p, size // p * p), (size // p + 1) * p
+            fix = f"{lower} or {upper}" if lower != upper else str(upper)
+            raise UsageError(
+                f"{flag} {size} is not a multiple of {cfg.arch}'s {p}-px patch; use {fix}"
+            )
+
+
 def _clear_run_dir(out: Path) -> None:
     for p in out.iterdir():
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
@@ -146,10 +177,12 @@ def resolve_config(
     if not isinstance(out, (str, Path)):
         raise UsageError(f"invalid value {out!r} for out (expected a folder path)")
     out_path = Path(out).expanduser().absolute()
+    require_utf8_path("--out", out_path)
     overrides = {**overrides, "out": str(out_path)}
     for key in ("data", "labels"):  # anything else is left for config.build to refuse
         if isinstance(overrides.get(key), (str, Path)) and overrides[key]:
             overrides[key] = str(Path(overrides[key]).expanduser().absolute())
+            require_utf8_path("DATA" if key == "data" else "--labels", overrides[key])
     if not resume:
         if not overrides.get("data"):
             raise UsageError("DATA is required: the folder of images to pretrain on")
@@ -433,6 +466,20 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+# File names need not be UTF-8: the run's text files keep their bytes as they are.
+_TEXT = {"encoding": "utf-8", "errors": "surrogateescape"}
+
+
+def _metrics_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line, or None for a blank, torn or foreign line."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    step = row.get("step", 0) if isinstance(row, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
 class _RunLog:
     """Rank 0's files: metrics.jsonl, train.log and skipped.txt. Other ranks write nothing."""
 
@@ -444,21 +491,22 @@ class _RunLog:
             return
         metrics = run_dir / METRICS
         if resume_step is not None and metrics.exists():
-            # Drop lines past the checkpoint: the resumed run writes them again.
+            # Drop lines past the checkpoint (the resumed run writes them again) and any line
+            # torn by a kill mid-write.
             kept = [
                 line
-                for line in metrics.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                for line in metrics.read_text(**_TEXT).splitlines()
+                if _metrics_step(line) is not None and _metrics_step(line) <= resume_step
             ]
-            metrics.write_text("".join(line + "\n" for line in kept))
+            metrics.write_text("".join(line + "\n" for line in kept), **_TEXT)
         skipped = run_dir / SKIPPED
         if skipped.exists():
-            for line in skipped.read_text().splitlines():
+            for line in skipped.read_text(**_TEXT).splitlines():
                 path, _, reason = line.partition("\t")
                 if path:
                     self.skipped[path] = reason
-        self._metrics = open(metrics, "a")  # noqa: SIM115 (open for the whole run)
-        self._log = open(run_dir / LOG, "a")  # noqa: SIM115
+        self._metrics = open(metrics, "a", **_TEXT)  # noqa: SIM115 (open for the whole run)
+        self._log = open(run_dir / LOG, "a", **_TEXT)  # noqa: SIM115
 
     def metrics(self, row: dict[str, Any]) -> None:
         if self.enabled:
@@ -479,7 +527,7 @@ class _RunLog:
         if self.enabled:
             text = "".join(f"{p}\t{r}\n" for p, r in sorted(self.skipped.items()))
             tmp = self.run_dir / f".{SKIPPED}.tmp"
-            tmp.write_text(text)
+            tmp.write_text(text, **_TEXT)
             os.replace(tmp, self.run_dir / SKIPPED)
 
     def close(self) -> None:
@@ -559,6 +607,8 @@ def pretrain(
     runlog: _RunLog | None = None
     try:
         prepare_run_dir(run_dir, resume, overwrite)
+        if overwrite:
+            _refuse_inputs_inside(run_dir, cfg)
         index = scan_folder(cfg.data)  # a wrong folder fails before the run directory is made
         # every check that needs the images runs before the run directory is touched
         cfg = resolve_auto(cfg, index, dist)
@@ -584,14 +634,6 @@ def pretrain(
                 f"{len(train_index)} training images in {cfg.data} do not fill one batch of "
                 f"{cfg.batch_size}; lower --batch-size (or --holdout)"
             )
-        distributed.barrier()
-        if dist.is_main:
-            if overwrite and run_dir.exists():
-                _clear_run_dir(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            checkpoint.clean_partial(run_dir)
-        distributed.barrier()
-
         total_steps = steps_per_epoch * cfg.epochs
 
         device = torch.device(cfg.device)
@@ -605,8 +647,7 @@ def pretrain(
             )
         spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct)
         cfg = cfg.replace(crop_pct=spec.crop_pct)  # auto: the architecture's, written out
-        if dist.is_main:
-            config.save_yaml(cfg, run_dir / CONFIG)
+        check_patch_multiple(backbone, cfg)
         model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
         step_fn = TrainStep(model, cfg, spec, device, dist, total_steps, steps_per_epoch)
 
@@ -614,6 +655,13 @@ def pretrain(
         if resume:
             ckpt = checkpoint.last(run_dir)
             weights = checkpoint.load_weights(ckpt)
+            own = model.state_dict()
+            for key, value in weights.items():  # load_state_dict would cast them silently
+                if key in own and own[key].is_floating_point() != value.is_floating_point():
+                    raise CheckpointError(
+                        f"{ckpt}/model.safetensors holds {key} as {value.dtype}, not "
+                        f"{own[key].dtype}; the file was altered: " + checkpoint.damaged_fix(ckpt)
+                    )
             try:
                 model.load_state_dict(weights, strict=True)
             except RuntimeError:
@@ -633,6 +681,17 @@ def pretrain(
                 ) from None
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+        # Everything that can refuse the run has run: only now is the directory touched, so a
+        # refused command leaves it (and a resumed run's config.yaml) as it was.
+        distributed.barrier()
+        if dist.is_main:
+            if overwrite and run_dir.exists():
+                _clear_run_dir(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.clean_partial(run_dir)
+            config.save_yaml(cfg, run_dir / CONFIG)
+        distributed.barrier()
         start_epoch, start_batch = divmod(start_step, steps_per_epoch)
 
         dataset = MultiCropDataset(train_index, MultiCrop(multicrop_config(cfg)), seed=cfg.seed)
@@ -820,6 +879,7 @@ def pretrain(
             skipped=len(runlog.skipped),
             seconds=time.time() - started,
             is_main=dist.is_main,
+            start_step=start_step,
         )
     except DivergedError as exc:
         if runlog is not None:

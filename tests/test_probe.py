@@ -443,3 +443,114 @@ def test_learning_rate_is_picked_by_cross_validation_within_the_grid():
     lr = select_lr(x, y, 3, seed=0, balanced=True)
     assert lr in LR_GRID and lr == select_lr(x, y, 3, seed=0, balanced=True)
     assert select_lr(x[:61], y[:61], 3) == DEFAULT_LR  # one example of class 2: nothing to pick on
+
+
+def test_confusion_plot_draws_class_names_as_written(tmp_path):
+    from lejepa_cli.probe import _save_confusion
+
+    classes = ["a$^$b", "$x", "[/x]"]  # mathtext would fail to parse the first two
+    _save_confusion(tmp_path / "c.png", [[2, 1, 0], [0, 3, 0], [1, 0, 2]], classes, "t $ $^$")
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_cli_prints_class_names_with_brackets_and_dollars_as_written(data, tmp_path, capsys):
+    names = {"red": "[/x]", "green": "[bold]", "blue": "a$^$b"}
+    rows = [(p, names[lab]) for p, lab in data["rows"] if lab in names]
+    labels = _write_csv(data["root"] / "markup.csv", rows)
+    out = tmp_path / "p"
+    args = ["probe", str(data["run"]), "--labels", str(labels), "--seeds", "1", "--shots", "1,all"]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--out", str(out), "--device", "cpu", "--workers", "0"])
+    captured = capsys.readouterr()
+    assert info.value.code == 0, captured.err
+    for name in names.values():
+        assert name in captured.out
+    assert json.loads((out / "probe.json").read_text())["classes"] == sorted(names.values())
+    assert (out / "confusion.png").is_file()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "other rows"])
+def test_damaged_feature_cache_is_recomputed(data, tmp_path, damage):
+    from lejepa_cli.artifacts import load_encoder
+    from lejepa_cli.features import cached_features
+
+    encoder = load_encoder(data["run"])
+    paths = [str(data["root"] / rel) for rel, _ in data["rows"][:6]]
+    first = cached_features(encoder, paths, "probe", tmp_path, workers=0, device="cpu")
+    file = first.file
+    if damage == "truncated":
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    elif damage == "empty":
+        file.write_bytes(b"")
+    elif damage == "garbage":
+        file.write_bytes(b"not a zip file" * 100)
+    else:  # a well-formed file whose arrays disagree with its image list
+        with np.load(file) as cached:
+            arrays = dict(cached)
+        with open(file, "wb") as f:
+            np.savez(f, **{**arrays, "features": arrays["features"][:2]})
+    again = cached_features(encoder, paths, "probe", tmp_path, workers=0, device="cpu")
+    assert not again.cached
+    np.testing.assert_allclose(again.features, first.features, atol=1e-6)
+    assert cached_features(encoder, paths, "probe", tmp_path, workers=0, device="cpu").cached
+
+
+def test_validation_images_that_are_also_training_images_are_refused(data, capsys):
+    run, rows, root = str(data["run"]), data["rows"], data["root"]
+    err = _fail(
+        ["probe", run, "--labels", str(data["labels"]), "--val", str(data["labels"])], capsys
+    )
+    assert f"{len(rows)} of the {len(rows)} images" in err and "disjoint" in err
+
+    # the same image spelled another way is still the same image
+    val = _write_csv(root / "val_overlap.csv", [(f"./{rows[0][0]}", rows[0][1]), *rows[1:3]])
+    train = _write_csv(root / "train_rest.csv", [r for r in rows if r not in rows[1:3]])
+    err = _fail(["probe", run, "--labels", str(train), "--val", str(val)], capsys)
+    assert "1 of the 3 images" in err and str((root / rows[0][0]).resolve()) in err
+
+
+def test_numbers_out_of_range_are_one_clear_line(data, capsys):
+    args = ["probe", str(data["run"]), "--labels", str(data["labels"])]
+    for value in ("100000000000000000000", "1001", "0"):
+        err = _fail([*args, "--seeds", value], capsys)
+        assert "--seeds takes a number from 1 to 1000" in err
+    for value in ("99999999999999999999", "65537"):
+        err = _fail([*args, "--batch-size", value], capsys)
+        assert "--batch-size takes a number from 1 to 65536" in err
+
+
+def test_labels_with_a_nul_byte_or_a_runaway_field_name_the_line(data, capsys):
+    run, rows, root = str(data["run"]), data["rows"], data["root"]
+    lines = [f"{p},{lab}" for p, lab in rows[:4]]
+
+    for bad in (lines[2].replace(".png", "\0.png"), lines[2] + "\0"):
+        nul = root / "nul.csv"
+        nul.write_text("\n".join(["path,label", *lines[:2], bad, *lines[3:]]) + "\n")
+        err = _fail(["probe", run, "--labels", str(nul)], capsys)
+        assert "nul.csv line 4 contains a NUL byte" in err and "remove it" in err
+
+    huge = root / "huge.csv"
+    huge.write_text("\n".join(["path,label", lines[0], f"{rows[1][0]},{'x' * 200_000}"]) + "\n")
+    err = _fail(["probe", run, "--labels", str(huge)], capsys)
+    assert "huge.csv line 3" in err and "shorten" in err and "UTF-8" not in err
+
+    stray = root / "stray.csv"
+    long_rows = [f"{p},{lab}{'x' * 2000}" for p, lab in rows]
+    stray.write_text("\n".join(["path,label", lines[0], '"' + lines[1], *long_rows]) + "\n")
+    err = _fail(["probe", run, "--labels", str(stray)], capsys)
+    assert "stray.csv line 3" in err and 'stray double quote (")' in err
+
+
+def test_help_says_when_the_confusion_matrix_is_written(data, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["probe", "--help"])
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "when --shots includes all, confusion.png" in text
+
+    two = [(p, lab) for p, lab in data["rows"] if lab in ("red", "blue")]
+    labels = _write_csv(data["root"] / "two.csv", two)
+    result = run_probe(
+        data["run"], labels, shots="2", seeds=1, out_dir=tmp_path, device="cpu", workers=0
+    )
+    assert result.confusion_png is None and not (tmp_path / "confusion.png").exists()
+    assert json.loads(result.json_path.read_text())["confusion_png"] is None

@@ -320,8 +320,10 @@ def test_a_failed_weights_write_is_the_os_error_it_is(run, tmp_path, capsys):
     with pytest.raises(FileNotFoundError) as info:
         save_tensors({"a": torch.zeros(2)}, tmp_path / "gone" / "w.safetensors", {})
     assert info.value.filename == str(tmp_path / "gone" / "w.safetensors")
-    # export: the weights' temporary file cannot be created (a folder is in the way)
+    # export over an earlier export: the weights' temporary file cannot be created (a folder is
+    # in the way)
     out = tmp_path / "exp"
+    assert _cli(["export", str(run), "--out", str(out)], capsys)[0] == 0
     (out / f".model.safetensors.tmp-{os.getpid()}").mkdir(parents=True)
     code, err = _cli(["export", str(run), "--out", str(out), "--overwrite"], capsys)
     line = _one_line(err)
@@ -447,3 +449,192 @@ def test_weights_the_user_may_not_read_are_not_reported_missing(
         line = _one_line(err)
         assert code == 1 and "Permission denied: " in line and "model.safetensors;" in line, line
         assert "No such file" not in line and "damaged" not in line, line
+
+
+# ----------------------------------------------------------------------------- hand-edited metadata
+
+
+def _edit_meta(run_dir: Path, name: str, change) -> Path:
+    path = run_dir / "checkpoints" / name / "meta.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return path
+
+
+def test_a_damaged_meta_is_named_and_blocks_only_its_own_checkpoint(run, images, tmp_path, capsys):
+    from lejepa_cli import checkpoint
+    from lejepa_cli.artifacts import load_encoder
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    _edit_meta(copy, "epoch-0001", lambda m: {**m, "step": None})
+    # listed (first, so that nothing falls back to it), and the other checkpoint still loads
+    assert [p.name for p in checkpoint.list_checkpoints(copy)] == ["epoch-0001", "epoch-0002"]
+    (copy / "checkpoints" / "last.json").unlink()
+    assert checkpoint.last(copy).name == "epoch-0002"
+    assert load_encoder(copy, "2").source["checkpoint"] == "epoch-0002"
+    code, err = _cli(
+        ["export", str(copy), "--checkpoint", "2", "--out", str(tmp_path / "e")], capsys
+    )
+    assert code == 0, err
+    assert _cli(["inspect", str(copy)], capsys)[0] == 0
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(copy, "1")
+    message = str(info.value)
+    assert "step is None" in message and "damaged" in message and "\n" not in message
+    assert f"delete {copy / 'checkpoints' / 'epoch-0001'}" in message and "epoch-0002" in message
+    # garbage in the other one: the command names it and says what to do
+    (copy / "checkpoints" / "epoch-0002" / "meta.json").write_text("garbage\n")
+    code, err = _cli(
+        ["embed", str(copy), str(images), "--checkpoint", "2", "--out", str(tmp_path / "x.npz")],
+        capsys,
+    )
+    line = _one_line(err)
+    assert code == 1 and "epoch-0002/meta.json" in line and "only readable checkpoint" in line
+
+
+def test_inspect_shows_a_damaged_checkpoint_as_damaged(run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    _edit_meta(copy, "epoch-0001", lambda m: {**m, "step": None})
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", str(copy)])
+    assert info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "damaged" in out and "deleted" not in out and "delete " in out
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda m: {**m, "train": 5}, "train is 5"),
+        (lambda m: {**m, "arch": 3}, "arch is 3"),
+        (lambda m: {**m, "global_size": "32"}, "global_size is '32'"),
+        (lambda m: {**m, "epoch": True}, "epoch is True"),
+        (lambda m: {**m, "data": [1]}, "data is [1]"),
+        (lambda m: {**m, "data": {**m["data"], "crop_pct": 50}}, "data.crop_pct 50"),
+    ],
+)
+def test_meta_fields_of_the_wrong_type_are_a_damaged_checkpoint(
+    run, tmp_path, capsys, change, needle
+):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    _edit_meta(copy, "epoch-0001", change)
+    code, err = _cli(
+        ["export", str(copy), "--checkpoint", "1", "--out", str(tmp_path / "e")], capsys
+    )
+    line = _one_line(err)
+    assert code == 1 and needle in line and "damaged" in line and "epoch-0002" in line, line
+
+
+def test_selection_lines_with_fields_of_the_wrong_type_are_skipped(run, tmp_path, capsys):
+    from lejepa_cli.selection import read_history
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    good = {"checkpoint": "epoch-0001", "step": 4, "epoch": 1, "score": 1.5, "collapsed": False}
+    bad = [
+        {"checkpoint": "epoch-0001", "score": "abc", "step": 1},
+        {"checkpoint": "epoch-0001", "step": "x"},
+        {"checkpoint": "epoch-0001", "collapsed": "yes"},
+        {"checkpoint": "epoch-0001", "errors": "boom"},
+        {"checkpoint": "epoch-0001", "comparison": "x"},
+    ]
+    lines = [json.dumps(r) for r in (good, *bad)]
+    (copy / "selection.jsonl").write_text("\n".join(lines) + "\n")
+    assert read_history(copy) == [good]
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", str(copy)])
+    assert info.value.code == 0, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def export_dir(run, tmp_path_factory) -> Path:
+    from lejepa_cli.export import export
+
+    return export(run, tmp_path_factory.mktemp("exports") / "exp", checkpoint="2")
+
+
+def _edit_export(export_dir: Path, tmp_path: Path, change) -> Path:
+    copy = tmp_path / "exp"
+    shutil.copytree(export_dir, copy)
+    path = copy / "config.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    return copy
+
+
+def _pcfg(**values):
+    return lambda c: {**c, "pretrained_cfg": {**c["pretrained_cfg"], **values}}
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda c: {**c, "lejepa": {**c["lejepa"], "source": ["x"]}}, "lejepa.source"),
+        (lambda c: {**c, "model_args": {"global_pool": "bogus"}}, "AssertionError: Invalid pool"),
+        (lambda c: {**c, "model_args": {"drop_rate": "x"}}, "model_args.drop_rate 'x'"),
+        (lambda c: {**c, "model_args": {"drop_rate": 5}}, "model_args.drop_rate 5"),
+        (lambda c: {**c, "model_args": {"zero_init_last": "x"}}, "not true or false"),
+        (_pcfg(crop_pct=50), "pretrained_cfg.crop_pct 50"),
+        (_pcfg(crop_pct=0.01), "pretrained_cfg.crop_pct 0.01"),
+        (_pcfg(input_size=[]), "pretrained_cfg.input_size []"),
+        (_pcfg(mean=[float("nan")] * 3), "pretrained_cfg.mean"),
+        (_pcfg(std=[float("inf")] * 3), "pretrained_cfg.std"),
+        (_pcfg(std="abc"), "pretrained_cfg.std"),
+    ],
+)
+def test_export_config_hand_edits_name_the_field_and_say_export_again(
+    export_dir, tmp_path, change, needle
+):
+    from lejepa_cli.artifacts import load_encoder
+
+    copy = _edit_export(export_dir, tmp_path, change)
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(copy)
+    message = str(info.value)
+    assert needle in message and "config.json" in message, message
+    assert "export the run again" in message and "\n" not in message
+
+
+def test_inspect_of_a_damaged_export_config_is_one_line(export_dir, tmp_path, capsys):
+    copy = _edit_export(export_dir, tmp_path, _pcfg(input_size=[]))
+    code, err = _cli(["inspect", str(copy)], capsys)
+    line = _one_line(err)
+    assert code == 2 and "pretrained_cfg.input_size" in line and "export the run again" in line
+
+
+def _rewrite_weights(path: Path, change) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    save_file({k: change(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        (lambda t: torch.full_like(t, float("nan")) if t.is_floating_point() else t, "NaN"),
+        (lambda t: t.to(torch.int32), "torch.int32 tensors"),
+        (lambda t: t.bool(), "torch.bool tensors"),
+    ],
+)
+def test_weights_that_are_not_finite_floats_are_refused(run, export_dir, tmp_path, change, needle):
+    from lejepa_cli.artifacts import load_encoder
+
+    def no_checksum(c):
+        return {**c, "lejepa": {k: v for k, v in c["lejepa"].items() if k != "sha256"}}
+
+    copy = _edit_export(export_dir, tmp_path, no_checksum)
+    _rewrite_weights(copy / "model.safetensors", change)
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(copy)
+    message = str(info.value)
+    assert needle in message and f"{copy / 'model.safetensors'} holds" in message
+    assert "export the run again" in message
+    runs = tmp_path / "run"
+    shutil.copytree(run, runs)
+    _rewrite_weights(runs / "checkpoints" / "epoch-0002" / "model.safetensors", change)
+    with pytest.raises(CheckpointError) as info:
+        load_encoder(runs, "2")
+    message = str(info.value)
+    assert needle in message and "use another checkpoint of the run (such as epoch-0001)" in message

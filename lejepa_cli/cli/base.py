@@ -61,9 +61,11 @@ def _debug_requested(argv: list[str]) -> bool:
 def _error_line(message: str) -> None:
     # rich is imported lazily: it is only needed when there is something to say.
     from rich.console import Console
+    from rich.markup import escape
 
+    # The message quotes paths, labels and file names: brackets in them are text, not markup.
     Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[bold red]error:[/bold red] {message}", markup=True
+        f"[bold red]error:[/bold red] {escape(message)}", markup=True
     )
 
 

@@ -26,7 +26,9 @@ def embed(
         help="For a run: last, best, an epoch number or a checkpoint name.",
         show_default="last",
     ),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(
+        64, "--batch-size", min=1, help="Images per forward pass (at most 65536)."
+    ),
     workers: str = typer.Option("auto", "--workers", help="Image-decoding processes, or auto."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
 ) -> None:
@@ -36,6 +38,7 @@ def embed(
     a path column and one column per dimension. Unreadable images are skipped and counted.
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from lejepa_cli.cli.probe import stage_progress
     from lejepa_cli.embed import embed as run_embed
@@ -54,10 +57,10 @@ def embed(
             progress=callback,
         )
     console.print(
-        f"wrote {result.count} embeddings of dimension {result.feature_dim} to {result.out_file}"
+        f"wrote {result.count} embeddings of dimension {result.feature_dim} to {escape(str(result.out_file))}"
     )
     if result.skipped:
-        first = ", ".join(list(result.skipped)[:3])
+        first = escape(", ".join(list(result.skipped)[:3]))
         more = ", ..." if len(result.skipped) > 3 else ""
         console.print(
             f"[yellow]skipped {len(result.skipped)} unreadable images[/yellow] ({first}{more})"

@@ -37,6 +37,7 @@ def export_command(
     import json
 
     from rich.console import Console
+    from rich.markup import escape
 
     from lejepa_cli.export import export
 
@@ -51,10 +52,12 @@ def export_command(
         )
     else:
         why = f"--checkpoint {checkpoint}"
-    console.print(f"exported checkpoint {src['checkpoint']} ({why}) of {run} to {path}")
+    console.print(escape(f"exported checkpoint {src['checkpoint']} ({why}) of {run} to {path}"))
     for name in ("model.safetensors", "config.json", "README.md", "model.onnx"):
         if (path / name).is_file():
-            console.print(f"  {path / name}")
+            console.print(f"  {escape(str(path / name))}")
     console.print(
-        f'load it with: timm.create_model("local-dir:{path}", pretrained=True, num_classes=0)'
+        escape(
+            f'load it with: timm.create_model("local-dir:{path}", pretrained=True, num_classes=0)'
+        )
     )

@@ -83,17 +83,20 @@ def inspect_command(
 
 def _render_folder(report, console) -> None:
     """Tables for one FolderReport; the bad-file list is plain lines, one per file."""
+    from rich.markup import escape
     from rich.table import Table
 
     r = report
-    extensions = ", ".join(f"{ext} {n:,}" for ext, n in r.counts_by_extension.items())
-    folders = ", ".join(f"{name} {n:,}" for name, n in r.top_folders.items())
+    extensions = escape(", ".join(f"{ext} {n:,}" for ext, n in r.counts_by_extension.items()))
+    folders = escape(", ".join(f"{name} {n:,}" for name, n in r.top_folders.items()))
     read = (
         f"a random sample of {r.read_count:,} of {r.image_count:,} (--sample to change)"
         if r.sampled
         else f"all {r.read_count:,}"
     )
-    overview = Table(title=f"Image folder {r.root}", show_header=False, title_justify="left")
+    overview = Table(
+        title=f"Image folder {escape(str(r.root))}", show_header=False, title_justify="left"
+    )
     overview.add_column(style="bold")
     overview.add_column()
     overview.add_row("images", f"{r.image_count:,} in {r.folder_count:,} folder(s)")
@@ -129,7 +132,9 @@ def _render_folder(report, console) -> None:
     console.print(sides)
 
     for folder in r.skipped_dirs:
-        console.print(f"[yellow]folder not listed (permission denied?):[/yellow] {folder}")
+        console.print(
+            f"[yellow]folder not listed (permission denied?):[/yellow] {escape(str(folder))}"
+        )
     if r.unreadable:
         scope = " in the sample" if r.sampled else ""
         console.print(f"[bold red]{len(r.unreadable):,} unreadable file(s){scope}[/bold red]")

@@ -57,7 +57,7 @@ def pretrain(
         None,
         help="Share of the image's shorter side kept by the eval view (resize, then centre "
         "crop) that probe, embed and the export use, or auto (timm's for the architecture, "
-        "0.875 or 0.9). 1 keeps the whole image: for images whose borders matter.",
+        "0.875 or 0.9); from 0.1 to 1. 1 keeps the whole image: for images whose borders matter.",
         show_default="auto",
     ),
     augment: list[str] | None = typer.Option(
@@ -81,7 +81,9 @@ def pretrain(
         None, "--compile/--no-compile", help="torch.compile the model."
     ),
     max_steps: int | None = typer.Option(
-        None, help="Stop after this many steps (checkpointed; continue with --resume)."
+        None,
+        help="Stop when the run reaches this step, counted from the run's start, not from a "
+        "resume (checkpointed; continue with --resume).",
     ),
     keep_every: str | None = typer.Option(
         None, help="Keep a checkpoint every N epochs for model selection; auto: ~10 per run."
@@ -107,8 +109,8 @@ def pretrain(
 ) -> None:
     """Pretrain a backbone on a folder of images with LeJEPA.
 
-    Writes config.yaml, metrics.jsonl, checkpoints/, skipped.txt, report.json, report.html and
-    train.log into --out. Multi-GPU: torchrun --nproc-per-node N -m lejepa_cli pretrain ...
+    Writes config.yaml, metrics.jsonl, checkpoints/, skipped.txt, selection.jsonl, report.json,
+    report.html and train.log into --out. Multi-GPU: torchrun --nproc-per-node N -m lejepa_cli pretrain ...
     """
     from lejepa_cli import config as config_module
     from lejepa_cli.progress import make_reporter
@@ -149,15 +151,21 @@ def pretrain(
         "labels": str(labels) if labels else None,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    reporter = make_reporter(quiet, overrides.get("log_every", 1) or 1)
+    every = overrides.get("log_every", 1)  # a bad value is refused with the rest of the config
+    ok = isinstance(every, int) and not isinstance(every, bool) and every > 0
+    reporter = make_reporter(quiet, every if ok else 1)
     result = run_pretrain(
         overrides, resume=resume, overwrite=overwrite, force=force, reporter=reporter
     )
     if not quiet and result.is_main:
         state = "finished" if result.finished else f"stopped at step {result.step}"
         loss = f"{result.last_loss:.4f}" if result.last_loss is not None else "-"
+        done = result.step - result.start_step
+        steps = f"{done} step{'' if done == 1 else 's'}"
+        if result.start_step:
+            steps += f" (from step {result.start_step})"
         typer.echo(
-            f"{state}: {result.step} steps in {result.seconds:.0f}s, last loss {loss}, "
+            f"{state}: {steps} in {result.seconds:.0f}s, last loss {loss}, "
             f"{result.skipped} unreadable files skipped"
         )
         typer.echo(f"run: {result.run_dir}")

@@ -52,15 +52,17 @@ def _cell(summary: dict) -> str:
 
 
 def render(result, console) -> None:
-    """The results table, per-class accuracy and notes."""
+    """The results table, per-class accuracy and notes. Class names, paths and notes are the
+    user's text: passed as `Text`, so brackets in them print as written, never read as markup."""
     from rich.table import Table
+    from rich.text import Text
 
     src = result.source
     title = f"probe of {src.get('arch')} {src.get('kind')} {src.get('checkpoint') or ''}".strip()
     balanced = result.data["protocol"]["linear"].get("class_weights") == "balanced"
     if balanced:
         title += ", linear head with classes weighted alike"
-    table = Table(title=title, title_justify="left")
+    table = Table(title=Text(title, style="table.title"), title_justify="left")
     for name, justify in (
         ("model", "left"),
         ("head", "left"),
@@ -76,7 +78,7 @@ def render(result, console) -> None:
             table.add_section()
         previous = row["model"]
         table.add_row(
-            row["name"],
+            Text(row["name"]),
             row["head"],
             str(row["shots"]),
             _cell(row["top1"]),
@@ -95,23 +97,24 @@ def render(result, console) -> None:
     if balanced:
         per_class.title += " (classes weighted alike)"
     for r in heads:
-        per_class.add_column(r["name"], justify="right")
+        per_class.add_column(Text(r["name"]), justify="right")
     counts = result.data.get("val_counts", {})
     for c in result.classes:
         cells = []
         for r in heads:
             v = r["per_class_accuracy"].get(c)
             cells.append("n/a" if v is None else f"{v:.3f}")
-        per_class.add_row(c, str(counts.get(c, "")), *cells)
+        per_class.add_row(Text(c), str(counts.get(c, "")), *cells)
     console.print(per_class)
     for note in result.notes:
-        console.print(f"[yellow]note:[/yellow] {note}")
+        console.print(Text.assemble(("note:", "yellow"), f" {note}"))
     if result.skipped:
         first = ", ".join(list(result.skipped)[:3])
-        console.print(f"[yellow]skipped {len(result.skipped)} unreadable images[/yellow] ({first})")
-    console.print(f"results: {result.json_path}")
+        skipped = f"skipped {len(result.skipped)} unreadable images"
+        console.print(Text.assemble((skipped, "yellow"), f" ({first})"))
+    console.print(Text(f"results: {result.json_path}"))
     if result.confusion_png:
-        console.print(f"confusion matrix: {result.confusion_png}")
+        console.print(Text(f"confusion matrix: {result.confusion_png}"))
 
 
 @app.command(no_args_is_help=True)
@@ -137,7 +140,7 @@ def probe(
         3,
         "--seeds",
         help="Repeats per shots setting (sampling, head init and, with --baseline random, "
-        "the random network); mean ± std.",
+        "the random network), 1 to 1000; mean ± std.",
     ),
     checkpoint: str | None = typer.Option(
         None,
@@ -148,7 +151,8 @@ def probe(
     out: Path | None = typer.Option(
         None,
         "--out",
-        help="Where probe.json, confusion.png and the feature cache go.",
+        help="Where probe.json, confusion.png (when --shots includes all) and the feature "
+        "cache go.",
         show_default="MODEL/probe",
     ),
     baseline: str | None = typer.Option(
@@ -158,7 +162,9 @@ def probe(
         "initialisation per seed (BatchNorm statistics taken from the training images).",
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."),
+    batch_size: int = typer.Option(
+        64, "--batch-size", min=1, help="Images per forward pass, at most 65536."
+    ),
     workers: str = typer.Option("auto", "--workers", help="Image-decoding processes, or auto."),
     balanced: bool = typer.Option(
         False,
@@ -170,7 +176,7 @@ def probe(
         None,
         "--crop-pct",
         help="Share of the image's shorter side kept by the eval view (resize, then centre "
-        "crop), for the model and the baseline alike; 1 keeps the whole image.",
+        "crop), for the model and the baseline alike; from 0.1 to 1, 1 keeps the whole image.",
         show_default="the model's",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print probe.json instead of tables."),
@@ -178,7 +184,8 @@ def probe(
     """Probe a frozen backbone with labeled images: linear head and kNN, with few-shot seeds.
 
     Features are cached under the output folder, so probing again (other --shots or --seeds) is
-    quick. Writes probe.json (every number) and confusion.png.
+    quick. Writes probe.json (every number) and, when --shots includes all, confusion.png (the
+    linear head's confusion matrix on the validation images).
     """
     from rich.console import Console
 

@@ -95,10 +95,13 @@ class MultiCropConfig:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi <= 1:
                 problems.append(f"{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            problems.append(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
-        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            problems.append(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+        if not 0.1 <= self.ratio[0] <= self.ratio[1] <= 10:
+            problems.append(f"ratio must satisfy 0.1 <= low <= high <= 10, got {self.ratio}")
+        # The kernel reaches 3 sigma: beyond 100 px a view is one flat colour long before.
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1] <= 100:
+            problems.append(
+                f"blur_sigma must satisfy 0 < low <= high <= 100 pixels, got {self.blur_sigma}"
+            )
         for f in fields(self):
             if f.name.endswith("_p") and not 0 <= getattr(self, f.name) <= 1:
                 problems.append(f"{f.name} is a probability in [0, 1], got {getattr(self, f.name)}")
