@@ -416,6 +416,12 @@ def load_encoder(path: str | Path, checkpoint: str | int | None = "last") -> Enc
             )
         return _from_export(path)
     if kind == "checkpoint":
+        same = str(checkpoint) in (path.name, path.name.removeprefix("epoch-").lstrip("0"))
+        if checkpoint not in (None, "last", "best") and not same:
+            raise UsageError(
+                f"{path} is a checkpoint folder, so --checkpoint {checkpoint} has nothing to "
+                "choose from; drop --checkpoint or point at the run directory"
+            )
         run_dir = path.parent.parent if path.parent.name == ckpt_io.CHECKPOINTS else None
         return _from_checkpoint(path, "checkpoint", run_dir)
     ckpt = ckpt_io.resolve(path, "last" if checkpoint is None else str(checkpoint))

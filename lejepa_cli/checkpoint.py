@@ -267,7 +267,7 @@ def resolve(run_dir: Path, which: str = "last") -> Path:
         raise RunDirError(
             f"{run_dir} has no checkpoint ranking yet (report.json); use --checkpoint last or an epoch number"
         )
-    name = epoch_name(int(which)) if which.isdigit() else which
+    name = epoch_name(int(which)) if which.isascii() and which.isdigit() else which
     path = run_dir / CHECKPOINTS / name
     if not _plain_name(name) or not (path / "meta.json").is_file():
         names = ", ".join(p.name for p in found)

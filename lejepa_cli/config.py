@@ -319,7 +319,13 @@ def save_yaml(cfg: PretrainConfig, path: str | Path) -> None:
 def read_saved(path: str | Path) -> PretrainConfig:
     """The resolved config written into a run directory."""
     data = load_yaml(path)
-    return build(data)
+    try:
+        return build(data)
+    except UsageError as exc:  # the value came from the file, not from a flag the user typed
+        raise UsageError(
+            f"{path} holds a setting this version refuses ({exc}); correct it there, or start "
+            "the run again with --overwrite"
+        ) from None
 
 
 def diff(

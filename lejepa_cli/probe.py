@@ -195,7 +195,7 @@ def parse_shots(shots: str | Sequence[str | int]) -> list[int | str]:
             continue
         if text == ALL:
             value: int | str = ALL
-        elif text.isdigit() and int(text) >= 1:
+        elif text.isascii() and text.isdigit() and int(text) >= 1:
             value = int(text)
         else:
             raise UsageError(

@@ -263,3 +263,26 @@ def test_an_export_naming_an_architecture_timm_lacks_says_so(run, tmp_path, caps
     )
     line = _one_line(err)
     assert code == 1 and "'resnet_from_the_future' backbone, which the installed timm" in line
+
+
+def test_checkpoint_flags_that_cannot_name_a_checkpoint_are_refused(run, tmp_path, capsys):
+    ckpt = run / "checkpoints" / "epoch-0001"
+    embed = ["embed", ckpt, run.parent / "images", "--out", tmp_path / "e.npz"]
+    code, _, err = _cli([*embed, "--checkpoint", "nonsense"], capsys)
+    assert code == 2 and "is a checkpoint folder" in _one_line(err)
+    assert _cli([*embed, "--checkpoint", "1"], capsys)[0] == 0  # its own epoch is fine
+    code, _, err = _cli(["export", run, "--out", tmp_path / "x", "--checkpoint", "²"], capsys)
+    assert code == 2 and "no checkpoint '²'" in _one_line(err)
+
+
+def test_a_bad_value_in_a_runs_config_yaml_names_the_file(run, capsys):
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("epochs: 2", "epochs: abc"))
+    code, _, err = _cli(["pretrain", "--resume", "--out", run, "--quiet"], capsys)
+    line = _one_line(err)
+    assert code == 2 and f"{cfg} holds a setting" in line and "'abc' for epochs" in line
+
+
+def test_a_line_break_inside_a_path_keeps_the_error_on_one_line(tmp_path, capsys):
+    code, _, err = _cli(["inspect", tmp_path / "two\nlines"], capsys)
+    assert code == 2 and "two\\nlines" in _one_line(err)

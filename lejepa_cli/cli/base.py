@@ -63,9 +63,11 @@ def _error_line(message: str) -> None:
     from rich.console import Console
     from rich.markup import escape
 
-    # The message quotes paths, labels and file names: brackets in them are text, not markup.
+    # The message quotes paths, labels and file names: brackets in them are text, not markup,
+    # and a line break in one (or in a library's message) must not split the one line.
+    one_line = message.replace("\r", "\\r").replace("\n", "\\n")
     Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[bold red]error:[/bold red] {escape(message)}", markup=True
+        f"[bold red]error:[/bold red] {escape(one_line)}", markup=True
     )
 
 
