@@ -251,7 +251,9 @@ def resolve(run_dir: Path, which: str = "last") -> Path:
     found = list_checkpoints(run_dir)
     if not found:
         raise RunDirError(
-            f"{run_dir} has no checkpoint yet; run `lejepa pretrain ... --out {run_dir}` first"
+            f"{run_dir} has no checkpoint: the run stopped before its first one, or its "
+            f"checkpoints were deleted; train it with `lejepa pretrain DATA --out {run_dir} "
+            "--overwrite` first"
         )
     which = str(which)
     if which == "last":

@@ -125,11 +125,13 @@ def _coerce_augment(value: Any) -> dict[str, Any]:
         for item in value:
             key, sep, text = str(item).partition("=")
             if not sep:
-                raise UsageError(f"--augment takes KEY=VALUE (e.g. blur_p=0), got {item!r}")
+                raise UsageError(
+                    f"--augment takes KEY=VALUE (e.g. blur_p=0), got {short_repr(item)}"
+                )
             pairs[key.strip().replace("-", "_")] = text.strip()
         value = pairs
     if not isinstance(value, dict):
-        raise UsageError(f"augment must be a mapping of settings, got {value!r}")
+        raise UsageError(f"augment must be a mapping of settings, got {short_repr(value)}")
     out = {}
     for key, raw in value.items():
         key = str(key).replace("-", "_")
@@ -154,7 +156,7 @@ def _coerce_augment(value: Any) -> dict[str, Any]:
         except (TypeError, ValueError):
             shape = "two numbers, e.g. 0.1,2.0" if key in _AUGMENT_PAIRS else "a number"
             raise UsageError(
-                f"invalid augment value {raw!r} for {key} (expected {shape})"
+                f"invalid augment value {short_repr(raw)} for {key} (expected {shape})"
             ) from None
     return out
 
@@ -203,7 +205,7 @@ def _coerce(name: str, value: Any) -> Any:
         return value
     except (TypeError, ValueError, OverflowError):
         raise UsageError(
-            f"invalid value {value!r} for {name} (expected {_expected(name)})"
+            f"invalid value {short_repr(value)} for {name} (expected {_expected(name)})"
         ) from None
 
 
@@ -289,9 +291,21 @@ def augment_kwargs(augment: dict[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if k in _AUGMENT_PAIRS else v for k, v in full.items()}
 
 
+def short_repr(value: Any) -> str:
+    """A value for an error line, cut short: a YAML file can hold a structure of any size."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
+    text = r.repr(value)
+    return text if len(text) <= 100 else text[:99] + "…"
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a run.yaml (keys mirror the flags, dashes or underscores) as overrides."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--config {path} is a folder; pass a YAML file")
     if not path.is_file():
         raise UsageError(f"config file not found: {path}")
     try:

@@ -45,7 +45,10 @@ def current() -> DistInfo:
 
 def init_from_env(device_type: str) -> DistInfo:
     """Join the process group torchrun describes in the environment; one process when it does not."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if "RANK" not in os.environ:
+        return DistInfo()
+    _check_launch_env()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
     if not is_initialized():
         # NCCL for GPUs; gloo works everywhere else.
@@ -56,6 +59,35 @@ def init_from_env(device_type: str) -> DistInfo:
         # a barrier: allow that an hour rather than the default ten minutes.
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=60))
     return current()
+
+
+_LAUNCH_FIX = (
+    "launch with `torchrun --nproc-per-node N -m lejepa_cli pretrain ...`, or unset RANK and "
+    "WORLD_SIZE for one process"
+)
+
+
+def _check_launch_env() -> None:
+    """RANK is set: the rest of what torchrun sets must be there and be numbers."""
+    from lejepa_cli.errors import UsageError
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        value = os.environ.get(name)
+        if value is not None and not (value.isascii() and value.isdigit()):
+            raise UsageError(
+                f"environment variable {name}={value!r} is not a number; {_LAUNCH_FIX}"
+            )
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        if int(os.environ["RANK"]) >= world:
+            raise UsageError(
+                f"RANK {os.environ['RANK']} is not below WORLD_SIZE {world}; {_LAUNCH_FIX}"
+            )
+        missing = [n for n in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(n)]
+        if missing:
+            raise UsageError(
+                f"RANK and WORLD_SIZE are set but {' and '.join(missing)} not; {_LAUNCH_FIX}"
+            )
 
 
 def shutdown() -> None:

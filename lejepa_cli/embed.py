@@ -105,14 +105,21 @@ def embed(
     workers: int | str = "auto",
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = False,
 ) -> EmbedResult:
-    """Embed every image under `folder` (recursively) with the pooled backbone output."""
+    """Embed every image under `folder` (recursively) with the pooled backbone output; an
+    existing `out_file` is replaced only with `overwrite`."""
     from lejepa_cli.artifacts import load_encoder
     from lejepa_cli.data.scan import scan_folder
     from lejepa_cli.features import cached_features
 
     out_file = Path(out_file)
     check_output(out_file)  # before any work: a typo in the suffix fails at once
+    if out_file.exists() and not overwrite:
+        raise UsageError(
+            f"--out {out_file} already exists; pass --overwrite to replace it, or choose "
+            "another name"
+        )
     index = scan_folder(folder, arg="FOLDER")
     if len(index) == 0:
         raise DataError(f"no images found in {folder}; point FOLDER at a folder of images")

@@ -130,11 +130,15 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
-def _refuse_inputs_inside(out: Path, cfg: PretrainConfig) -> None:
-    """--overwrite empties --out: refuse when the images or labels live inside it."""
-    root = out.resolve()
-    for flag, value in (("DATA", cfg.data), ("--labels", cfg.labels)):
-        if value and Path(value).resolve().is_relative_to(root):
+def _refuse_inputs_inside(out: Path, inputs: dict[str, Any]) -> None:
+    """--overwrite empties --out: refuse when an input (the images, the labels, the config file)
+    lives inside it, as given or through a symbolic link."""
+    roots = {Path(os.path.abspath(out)), out.resolve()}
+    for flag, value in inputs.items():
+        if not value:
+            continue
+        places = {Path(os.path.abspath(value)), Path(value).resolve()}
+        if any(p.is_relative_to(r) for p in places for r in roots):
             raise UsageError(
                 f"{flag} {value} is inside --out {out}, which --overwrite would empty; "
                 "move it out of the run directory or choose another --out"
@@ -410,7 +414,16 @@ class TrainStep:
             else contextlib.nullcontext()
         )
         with ctx:
-            global_z, all_z = self.module(g, loc)  # (Vg, B, K), (V, B, K)
+            try:
+                global_z, all_z = self.module(g, loc)  # (Vg, B, K), (V, B, K)
+            except Exception as exc:
+                if not (self.cfg.compile and _from_compiler(exc)):
+                    raise
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                raise UsageError(
+                    f"--compile failed on this machine ({type(exc).__name__}: {first}); "
+                    "rerun with --no-compile"
+                ) from None
         out = lejepa_loss(
             global_z.float(),
             all_z.float(),
@@ -478,6 +491,14 @@ def _metrics_step(line: str) -> int | None:
         return None
     step = row.get("step", 0) if isinstance(row, dict) else None
     return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+
+def _from_compiler(exc: BaseException) -> bool:
+    """Whether an error was raised by torch.compile's machinery (a missing C++ compiler...)."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if e is not None and type(e).__module__.startswith(("torch._dynamo", "torch._inductor")):
+            return True
+    return False
 
 
 class _RunLog:
@@ -573,11 +594,13 @@ def pretrain(
     force: bool = False,
     reporter: Reporter | None = None,
     checkpoint_hook=None,
+    config_file: str | Path | None = None,
 ) -> RunResult:
     """Run (or resume) a LeJEPA pretraining run described by flag-like `overrides`.
 
     `checkpoint_hook(tmp_dir)` is called inside every checkpoint write before it is renamed
-    into place (tests use it to simulate a crash mid-write).
+    into place (tests use it to simulate a crash mid-write). `config_file` is the --config
+    file the overrides came from, which --overwrite must not delete.
     """
     from lejepa_cli.data.dataset import MultiCropDataset, collate_multicrop
     from lejepa_cli.data.multicrop import MultiCrop
@@ -608,7 +631,9 @@ def pretrain(
     try:
         prepare_run_dir(run_dir, resume, overwrite)
         if overwrite:
-            _refuse_inputs_inside(run_dir, cfg)
+            _refuse_inputs_inside(
+                run_dir, {"DATA": cfg.data, "--labels": cfg.labels, "--config": config_file}
+            )
         index = scan_folder(cfg.data)  # a wrong folder fails before the run directory is made
         # every check that needs the images runs before the run directory is touched
         cfg = resolve_auto(cfg, index, dist)

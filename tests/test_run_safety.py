@@ -286,3 +286,84 @@ def test_a_bad_value_in_a_runs_config_yaml_names_the_file(run, capsys):
 def test_a_line_break_inside_a_path_keeps_the_error_on_one_line(tmp_path, capsys):
     code, _, err = _cli(["inspect", tmp_path / "two\nlines"], capsys)
     assert code == 2 and "two\\nlines" in _one_line(err)
+
+
+def test_embed_refuses_to_replace_a_file_unless_told(run, tmp_path, capsys):
+    victim = tmp_path / "mine.csv"
+    victim.write_text("path,label\na.png,cat\n")
+    embed = ["embed", run, run.parent / "images", "--out", victim, "--workers", "0"]
+    code, _, err = _cli(embed, capsys)
+    assert code == 2 and "already exists; pass --overwrite" in _one_line(err)
+    assert victim.read_text() == "path,label\na.png,cat\n"
+    assert _cli([*embed, "--overwrite"], capsys)[0] == 0
+    assert victim.read_text().startswith("path,")  # now the embeddings, one column per dim
+    assert "a.png,cat" not in victim.read_text()
+
+
+def test_overwrite_refuses_a_config_file_or_a_link_to_the_data_inside_the_run(run, capsys):
+    (run / "data").symlink_to(run.parent / "images")
+    before = _tree(run)
+    code, _, err = _cli(["pretrain", run / "data", "--out", run, "--overwrite", *TINY], capsys)
+    assert code == 2 and "DATA" in _one_line(err) and "inside --out" in err
+    own = run / "my.yaml"
+    own.write_text("epochs: 1\n")
+    flags = ["--overwrite", "--config", own, *TINY]
+    code, _, err = _cli(["pretrain", run.parent / "images", "--out", run, *flags], capsys)
+    assert code == 2 and "--config" in _one_line(err) and own.is_file()
+    assert {k: v for k, v in _tree(run).items() if k != "my.yaml"} == before
+
+
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        ({"RANK": "0", "WORLD_SIZE": "2"}, "MASTER_ADDR and MASTER_PORT not"),
+        ({"RANK": "0", "WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not a number"),
+        ({"RANK": "3", "WORLD_SIZE": "2", "MASTER_ADDR": "x", "MASTER_PORT": "1"}, "not below"),
+    ],
+)
+def test_a_half_set_launch_environment_is_named(images, tmp_path, capsys, monkeypatch, env, needle):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "run"
+    code, _, err = _cli(["pretrain", images, "--out", out, *TINY], capsys)
+    assert code == 2 and needle in _one_line(err) and "torchrun" in err
+    assert not out.exists()
+
+
+def test_a_huge_value_in_a_config_file_is_cut_short_in_the_message(images, tmp_path, capsys):
+    level = "[" + ",".join(["lol"] * 9) + "]"
+    anchors = [f"&a0 {level}"]
+    for i in range(1, 7):
+        anchors.append(f"&a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]")
+    cfg = tmp_path / "big.yaml"
+    cfg.write_text("keep_every: [" + ", ".join(anchors) + "]\n")
+    code, _, err = _cli(["pretrain", images, "--out", tmp_path / "r", "--config", cfg], capsys)
+    line = _one_line(err)
+    assert code == 2 and "for keep_every" in line and len(line) < 300
+
+
+def test_no_command_or_no_arguments_still_ends_in_a_line_that_says_so(capsys):
+    code, _, err = _cli([], capsys)
+    assert code == 2 and err.strip().endswith("error: no command given; see 'lejepa --help'")
+    code, _, err = _cli(["probe"], capsys)
+    assert code == 2 and "error: no arguments given; see 'lejepa probe --help'" in err
+
+
+def test_a_compiler_failure_under_compile_says_to_turn_it_off(
+    images, tmp_path, capsys, monkeypatch
+):
+    """An error from torch.compile's machinery (here raised by a stand-in compiled module whose
+    exception class lives in torch._inductor, as a missing C++ compiler's does) is a setting
+    the user can turn off, not an unexpected failure."""
+    failure = type("CppCompileError", (RuntimeError,), {"__module__": "torch._inductor.exc"})
+
+    def broken_compile(module, *args, **kwargs):
+        def run(*a, **k):
+            raise failure("C++ compile error\n\ng++ ... failed")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    code, _, err = _cli(["pretrain", images, "--out", tmp_path / "r", "--compile", *TINY], capsys)
+    line = _one_line(err)
+    assert code == 2 and "--compile failed" in line and "--no-compile" in line

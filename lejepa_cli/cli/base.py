@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
             ctx = getattr(exc, "ctx", None)
             command = getattr(ctx, "command_path", None) or "lejepa"
             message = exc.format_message().rstrip(".")
+            if not message:  # no arguments at all: the help was printed above
+                message = "no command given" if command == "lejepa" else "no arguments given"
             _error_line(f"{message}{' ' if message.endswith('?') else '; '}see '{command} --help'")
             sys.exit(exc.exit_code)
         if debug:

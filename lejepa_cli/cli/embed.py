@@ -31,6 +31,9 @@ def embed(
     ),
     workers: str = typer.Option("auto", "--workers", help="Image-decoding processes, or auto."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace --out if it exists (refused otherwise)."
+    ),
 ) -> None:
     """Embed every image under FOLDER with the backbone's pooled output.
 
@@ -55,6 +58,7 @@ def embed(
             workers=workers,
             device=device,
             progress=callback,
+            overwrite=overwrite,
         )
     console.print(
         f"wrote {result.count} embeddings of dimension {result.feature_dim} to {escape(str(result.out_file))}"

@@ -155,7 +155,12 @@ def pretrain(
     ok = isinstance(every, int) and not isinstance(every, bool) and every > 0
     reporter = make_reporter(quiet, every if ok else 1)
     result = run_pretrain(
-        overrides, resume=resume, overwrite=overwrite, force=force, reporter=reporter
+        overrides,
+        resume=resume,
+        overwrite=overwrite,
+        force=force,
+        reporter=reporter,
+        config_file=config_file,
     )
     if not quiet and result.is_main:
         state = "finished" if result.finished else f"stopped at step {result.step}"

@@ -69,8 +69,10 @@ class MultiCropDataset(Dataset):
                 return {**crops, "index": j, "skipped": skipped}
             j = int(rng.integers(len(self.index)))  # same draw on every rank
         last_path, last_reason = skipped[-1]
+        distinct = len({str(p) for p, _ in skipped})
         raise DataError(
-            f"{len(skipped)} files in a row could not be read while loading sample {i} (last: "
+            f"{len(skipped)} draws in a row ({distinct} different files) could not be read "
+            f"while loading sample {i} (last: "
             f"{last_path}: {last_reason}); the folder {self.index.root} has too many unreadable "
             f"files. Run `lejepa inspect {self.index.root}` to list them, then remove or fix them"
         )

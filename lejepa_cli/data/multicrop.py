@@ -80,9 +80,17 @@ class MultiCropConfig:
     def __post_init__(self):
         for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
             value = getattr(self, name)
-            if not isinstance(value, Sequence) or len(value) != 2:
-                raise UsageError(f"{name} must be two numbers (low, high), got {value!r}")
-            object.__setattr__(self, name, (float(value[0]), float(value[1])))
+            try:
+                if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+                    raise TypeError
+                pair = (float(value[0]), float(value[1]))
+            except (TypeError, ValueError, OverflowError):
+                from lejepa_cli.config import short_repr
+
+                raise UsageError(
+                    f"{name} must be two numbers (low, high), got {short_repr(value)}"
+                ) from None
+            object.__setattr__(self, name, pair)
         problems = []
         if self.global_views < 1:
             problems.append(f"global_views must be at least 1, got {self.global_views}")
