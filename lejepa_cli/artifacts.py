@@ -58,6 +58,10 @@ def kind_of(path: Path) -> str:
             return "run"
         if (path / "meta.json").is_file():
             return "checkpoint"
+    elif path.suffix == ".safetensors" and (path.parent / "meta.json").is_file():
+        raise UsageError(
+            f"{path} is a checkpoint's weights file; pass its folder {path.parent} (or the run)"
+        )
     raise UsageError(
         f"{path} is neither a run directory (written by `lejepa pretrain`) nor an export "
         "(config.json + model.safetensors, written by `lejepa export`)"

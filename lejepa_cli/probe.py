@@ -839,6 +839,13 @@ def run_probe(
     if crop_pct is not None:
         encoder.spec = dataclasses.replace(encoder.spec, crop_pct=float(crop_pct))
     out = Path(out_dir) if out_dir is not None else Path(encoder.source["path"]) / "probe"
+    root = out.resolve()  # the label paths are resolved already
+    inside = next((p for p in paths if Path(p).is_relative_to(root)), None)
+    if inside is not None:  # the results (a PNG among them) would land among the images
+        raise UsageError(
+            f"--out {out} holds the labeled images (e.g. {inside}); write the probe results to "
+            "a folder of their own"
+        )
     out.mkdir(parents=True, exist_ok=True)
     dev = str(resolve_device(device))
 

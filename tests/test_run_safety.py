@@ -367,3 +367,21 @@ def test_a_compiler_failure_under_compile_says_to_turn_it_off(
     code, _, err = _cli(["pretrain", images, "--out", tmp_path / "r", "--compile", *TINY], capsys)
     line = _one_line(err)
     assert code == 2 and "--compile failed" in line and "--no-compile" in line
+
+
+def test_probe_results_are_not_written_among_the_labeled_images(run, images, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(images, data)
+    csv = _labels(tmp_path, data, [])
+    before = _tree(data)
+    probe = ["probe", run, "--labels", csv, "--seeds", "1", "--device", "cpu", "--shots", "all"]
+    code, _, err = _cli([*probe, "--out", data], capsys)
+    assert code == 2 and "holds the labeled images" in _one_line(err)
+    assert _tree(data) == before
+
+
+def test_a_checkpoints_weights_file_points_at_its_folder(run, tmp_path, capsys):
+    weights = run / "checkpoints" / "epoch-0001" / "model.safetensors"
+    embed = ["embed", weights, run.parent / "images", "--out", tmp_path / "e.npz"]
+    code, _, err = _cli(embed, capsys)
+    assert code == 2 and f"pass its folder {weights.parent}" in _one_line(err)
