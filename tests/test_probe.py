@@ -554,3 +554,23 @@ def test_help_says_when_the_confusion_matrix_is_written(data, tmp_path, capsys):
     )
     assert result.confusion_png is None and not (tmp_path / "confusion.png").exists()
     assert json.loads(result.json_path.read_text())["confusion_png"] is None
+
+
+def test_cli_per_class_table_is_capped_and_points_at_probe_json(
+    data, tmp_path, capsys, monkeypatch
+):
+    import lejepa_cli.cli.probe as cli_probe
+
+    monkeypatch.setattr(cli_probe, "SHOWN_CLASSES", 2)
+    rows = [(p, f"class-{lab}") for p, lab in data["rows"] if lab in ("red", "green", "blue")]
+    labels = _write_csv(data["root"] / "capped.csv", rows)
+    out = tmp_path / "p"
+    args = ["probe", str(data["run"]), "--labels", str(labels), "--seeds", "1", "--shots", "all"]
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--out", str(out), "--device", "cpu", "--workers", "0"])
+    captured = capsys.readouterr()
+    assert info.value.code == 0, captured.err
+    shown, hidden = ["class-blue", "class-green"], "class-red"  # sorted: the first two are shown
+    assert all(name in captured.out for name in shown) and hidden not in captured.out
+    assert "... and 1 more classes: see" in captured.out
+    assert hidden in json.loads((out / "probe.json").read_text())["classes"]

@@ -45,6 +45,10 @@ def stage_progress(console) -> Iterator:
         yield update
 
 
+# Rows of the per-class table on the terminal; probe.json holds every class.
+SHOWN_CLASSES = 50
+
+
 def _cell(summary: dict) -> str:
     if summary["std"] > 0:
         return f"{summary['mean']:.3f} ± {summary['std']:.3f}"
@@ -99,13 +103,16 @@ def render(result, console) -> None:
     for r in heads:
         per_class.add_column(Text(r["name"]), justify="right")
     counts = result.data.get("val_counts", {})
-    for c in result.classes:
+    for c in result.classes[:SHOWN_CLASSES]:
         cells = []
         for r in heads:
             v = r["per_class_accuracy"].get(c)
             cells.append("n/a" if v is None else f"{v:.3f}")
         per_class.add_row(Text(c), str(counts.get(c, "")), *cells)
     console.print(per_class)
+    if len(result.classes) > SHOWN_CLASSES:
+        hidden = len(result.classes) - SHOWN_CLASSES
+        console.print(Text(f"... and {hidden:,} more classes: see {result.json_path}"))
     for note in result.notes:
         console.print(Text.assemble(("note:", "yellow"), f" {note}"))
     if result.skipped:
