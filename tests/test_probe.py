@@ -453,16 +453,23 @@ def test_confusion_plot_draws_class_names_as_written(tmp_path):
     assert (tmp_path / "c.png").stat().st_size > 1000
 
 
-def test_cli_prints_class_names_with_brackets_and_dollars_as_written(data, tmp_path, capsys):
-    names = {"red": "[/x]", "green": "[bold]", "blue": "a$^$b"}
-    rows = [(p, names[lab]) for p, lab in data["rows"] if lab in names]
-    labels = _write_csv(data["root"] / "markup.csv", rows)
-    out = tmp_path / "p"
-    args = ["probe", str(data["run"]), "--labels", str(labels), "--seeds", "1", "--shots", "1,all"]
+def _probe_rows(data, rows, name: str, out: Path, capsys, shots: str):
+    """`lejepa probe` of the shared run on `rows` (path, label, written as NAME.csv beside the
+    images), one seed, into `out`: its captured output, after checking that it succeeded."""
+    labels = _write_csv(data["root"] / f"{name}.csv", rows)
+    args = ["probe", str(data["run"]), "--labels", str(labels), "--seeds", "1", "--shots", shots]
     with pytest.raises(SystemExit) as info:
         main([*args, "--out", str(out), "--device", "cpu", "--workers", "0"])
     captured = capsys.readouterr()
     assert info.value.code == 0, captured.err
+    return captured
+
+
+def test_cli_prints_class_names_with_brackets_and_dollars_as_written(data, tmp_path, capsys):
+    names = {"red": "[/x]", "green": "[bold]", "blue": "a$^$b"}
+    rows = [(p, names[lab]) for p, lab in data["rows"] if lab in names]
+    out = tmp_path / "p"
+    captured = _probe_rows(data, rows, "markup", out, capsys, "1,all")
     for name in names.values():
         assert name in captured.out
     assert json.loads((out / "probe.json").read_text())["classes"] == sorted(names.values())
@@ -563,13 +570,8 @@ def test_cli_per_class_table_is_capped_and_points_at_probe_json(
 
     monkeypatch.setattr(cli_probe, "SHOWN_CLASSES", 2)
     rows = [(p, f"class-{lab}") for p, lab in data["rows"] if lab in ("red", "green", "blue")]
-    labels = _write_csv(data["root"] / "capped.csv", rows)
     out = tmp_path / "p"
-    args = ["probe", str(data["run"]), "--labels", str(labels), "--seeds", "1", "--shots", "all"]
-    with pytest.raises(SystemExit) as info:
-        main([*args, "--out", str(out), "--device", "cpu", "--workers", "0"])
-    captured = capsys.readouterr()
-    assert info.value.code == 0, captured.err
+    captured = _probe_rows(data, rows, "capped", out, capsys, "all")
     shown, hidden = ["class-blue", "class-green"], "class-red"  # sorted: the first two are shown
     assert all(name in captured.out for name in shown) and hidden not in captured.out
     assert "... and 1 more classes: see" in captured.out
