@@ -72,15 +72,11 @@ _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"
 _SPEC_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _finite_triple(value: Any) -> bool:
     return (
         isinstance(value, list)
         and len(value) == 3
-        and all(_is_number(v) and math.isfinite(v) for v in value)
+        and all(ckpt_io.is_number(v) and math.isfinite(v) for v in value)
     )
 
 
@@ -110,7 +106,7 @@ def spec_from_meta(data: Any) -> DataSpec:
             f"interpolation {interpolation!r} is not one of {', '.join(_INTERPOLATIONS)}"
         )
     crop = data["crop_pct"]
-    if not _is_number(crop) or not MIN_CROP_PCT <= crop <= 1:
+    if not ckpt_io.is_number(crop) or not MIN_CROP_PCT <= crop <= 1:
         raise ValueError(f"crop_pct {crop} is not a number from {MIN_CROP_PCT} to 1")
     return DataSpec(
         input_size=size,
@@ -191,15 +187,11 @@ def _check_tensors(backbone: nn.Module, weights: dict, where: str, arch: str, pa
             "pick the checkpoint or export that belongs to this architecture"
         )
     # load_state_dict would cast integers or booleans into the weights without a word.
-    bad = [
-        k
-        for k, v in weights.items()
-        if k in own and own[k].is_floating_point() and not v.is_floating_point()
-    ]
-    if bad:
+    bad = ckpt_io.float_mismatch(own, weights)
+    if bad is not None:
         raise CheckpointError(
-            f"{path} holds {weights[bad[0]].dtype} tensors where {arch} has floating-point "
-            f"weights (e.g. {bad[0]}); the file is damaged: {ckpt_io.weights_fix(path)}"
+            f"{path} holds {weights[bad].dtype} tensors where {arch} has floating-point "
+            f"weights (e.g. {bad}); the file is damaged: {ckpt_io.weights_fix(path)}"
         )
 
 
@@ -316,7 +308,7 @@ def _check_export_config(cfg: Any) -> None:
         raise ValueError(f"lejepa.source.checkpoint {source['checkpoint']!r} is not a name")
     for key in ("step", "epoch"):
         value = source.get(key)
-        if value is not None and not (_is_number(value) and isinstance(value, int)):
+        if value is not None and not (ckpt_io.is_number(value) and isinstance(value, int)):
             raise ValueError(f"lejepa.source.{key} {value!r} is not a whole number")
 
 
@@ -325,11 +317,15 @@ def _check_model_arg(name: str, value: Any) -> None:
     list of those; a rate (drop_rate, drop_path_rate...) from 0 to 1."""
     items = value if isinstance(value, list) else [value]
     for item in items:
-        if not (item is None or isinstance(item, (bool, str)) or _is_number(item)):
+        if not (item is None or isinstance(item, (bool, str)) or ckpt_io.is_number(item)):
             raise ValueError(f"model_args.{name} {value!r} is not text, a number or a flag")
-        if _is_number(item) and not math.isfinite(item):
+        if ckpt_io.is_number(item) and not math.isfinite(item):
             raise ValueError(f"model_args.{name} {value!r} is not finite")
-    if name.endswith("_rate") and value is not None and not (_is_number(value) and 0 <= value <= 1):
+    if (
+        name.endswith("_rate")
+        and value is not None
+        and not (ckpt_io.is_number(value) and 0 <= value <= 1)
+    ):
         raise ValueError(f"model_args.{name} {value!r} is not a rate from 0 to 1")
 
 
@@ -346,8 +342,8 @@ def _check_model_arg_types(backbone: nn.Module, model_args: dict[str, Any]) -> N
             continue
         if isinstance(default, bool):
             ok, kind = isinstance(value, bool), "true or false"
-        elif _is_number(default):  # a size may also be given per side, as a list
-            ok, kind = _is_number(value) or isinstance(value, list), "a number"
+        elif ckpt_io.is_number(default):  # a size may also be given per side, as a list
+            ok, kind = ckpt_io.is_number(value) or isinstance(value, list), "a number"
         elif isinstance(default, str):
             ok, kind = isinstance(value, str), "text"
         else:

@@ -156,8 +156,22 @@ _NUMBER_FIELDS = ("lam", "saved_at")
 _TEXT_FIELDS = ("arch", "name", "version")
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A JSON number (int or float, not a bool): how metadata readers check a field."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def float_mismatch(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> str | None:
+    """The first key whose saved tensor is not floating point where the model's is:
+    load_state_dict would cast it silently."""
+    return next(
+        (
+            k
+            for k, v in weights.items()
+            if k in own and own[k].is_floating_point() and not v.is_floating_point()
+        ),
+        None,
+    )
 
 
 def _load_meta(ckpt: Path) -> dict[str, Any]:
@@ -171,7 +185,7 @@ def _load_meta(ckpt: Path) -> dict[str, Any]:
             raise ValueError(f"{key} is {value!r}, not a whole number")
     for key in _NUMBER_FIELDS:
         value = meta.get(key, 0)
-        if not _is_number(value) or not math.isfinite(value):
+        if not is_number(value) or not math.isfinite(value):
             raise ValueError(f"{key} is {value!r}, not a number")
     for key in _TEXT_FIELDS:
         if not isinstance(meta.get(key, ""), str):
@@ -181,7 +195,7 @@ def _load_meta(ckpt: Path) -> dict[str, Any]:
     train = meta.get("train")  # the epoch's mean losses: name -> number (None when unknown)
     if train is not None and not (
         isinstance(train, dict)
-        and all(isinstance(k, str) and (v is None or _is_number(v)) for k, v in train.items())
+        and all(isinstance(k, str) and (v is None or is_number(v)) for k, v in train.items())
     ):
         raise ValueError(f"train is {train!r}, not a mapping of losses")
     return meta

@@ -148,7 +148,7 @@ def probe_summary(probe_json: Path) -> dict[str, Any] | None:
 
 
 def _number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return ckpt_io.is_number(x) and math.isfinite(x)
 
 
 def _text(x: Any) -> str | None:

@@ -345,17 +345,16 @@ _RECORD_NUMBERS = ("score", "loss", "pred", "sigreg", "lam", "effective_rank", "
 _RECORD_MAPPINGS = ("comparison", "diagnostics", "probe", "train")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _valid_record(rec: Any) -> bool:
     """Whether a selection.jsonl line has the shape `after_checkpoint` writes."""
     if not isinstance(rec, dict) or not isinstance(rec.get("checkpoint"), str):
         return False
     fields = [
-        *((rec.get(k), lambda v: _is_number(v) and isinstance(v, int)) for k in _RECORD_WHOLE),
-        *((rec.get(k), _is_number) for k in _RECORD_NUMBERS),
+        *(
+            (rec.get(k), lambda v: ckpt_io.is_number(v) and isinstance(v, int))
+            for k in _RECORD_WHOLE
+        ),
+        *((rec.get(k), ckpt_io.is_number) for k in _RECORD_NUMBERS),
         *((rec.get(k), lambda v: isinstance(v, dict)) for k in _RECORD_MAPPINGS),
         (rec.get("collapsed"), lambda v: isinstance(v, bool)),
         (rec.get("collapse_warning"), lambda v: isinstance(v, str)),

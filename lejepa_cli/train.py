@@ -517,7 +517,7 @@ class _RunLog:
             kept = [
                 line
                 for line in metrics.read_text(**_TEXT).splitlines()
-                if _metrics_step(line) is not None and _metrics_step(line) <= resume_step
+                if (step := _metrics_step(line)) is not None and step <= resume_step
             ]
             metrics.write_text("".join(line + "\n" for line in kept), **_TEXT)
         skipped = run_dir / SKIPPED
@@ -681,12 +681,12 @@ def pretrain(
             ckpt = checkpoint.last(run_dir)
             weights = checkpoint.load_weights(ckpt)
             own = model.state_dict()
-            for key, value in weights.items():  # load_state_dict would cast them silently
-                if key in own and own[key].is_floating_point() != value.is_floating_point():
-                    raise CheckpointError(
-                        f"{ckpt}/model.safetensors holds {key} as {value.dtype}, not "
-                        f"{own[key].dtype}; the file was altered: " + checkpoint.damaged_fix(ckpt)
-                    )
+            key = checkpoint.float_mismatch(own, weights)
+            if key is not None:
+                raise CheckpointError(
+                    f"{ckpt}/model.safetensors holds {key} as {weights[key].dtype}, not "
+                    f"{own[key].dtype}; the file was altered: " + checkpoint.damaged_fix(ckpt)
+                )
             try:
                 model.load_state_dict(weights, strict=True)
             except RuntimeError:
