@@ -4,8 +4,10 @@ Two kinds of features:
 
 - `embed`: the backbone's pooled output (`num_classes=0`), what `lejepa embed` writes and what an
   exported model gives in plain timm.
-- `probe`: for ViTs with a class token, the CLS tokens of the last two blocks after the final norm,
-  concatenated (the linear-evaluation protocol of DINO); the pooled output for everything else.
+- `probe`: for ViTs with a class token, the CLS tokens of the last two blocks and the average of
+  the last block's patch tokens, after the final norm, concatenated (the linear-evaluation
+  features of DINO and DINOv2: class tokens of the last blocks, plus the pooled patch tokens);
+  the pooled output for everything else.
 
 The eval transform is `timm.data.create_transform(**resolve_data_config(...))` for the encoder's
 data spec, so an exported model preprocessed by timm itself sees exactly the same pixels.
@@ -118,6 +120,13 @@ def has_cls_blocks(backbone: nn.Module) -> bool:
     )
 
 
+# What `probe` features are, as probe.json records them: a probe with other features is not current.
+PROBE_FEATURES = (
+    "ViT with a class token: CLS tokens of the last two blocks + mean patch token of the last "
+    "block, after the final norm; otherwise the pooled output"
+)
+
+
 def forward_features(backbone: nn.Module, x: torch.Tensor, kind: str = "embed") -> torch.Tensor:
     """x (B, 3, H, W) -> features (B, F) of the given kind."""
     if kind == "probe" and has_cls_blocks(backbone):
@@ -125,7 +134,8 @@ def forward_features(backbone: nn.Module, x: torch.Tensor, kind: str = "embed") 
             x, indices=2, return_prefix_tokens=True, norm=True, intermediates_only=True
         )
         # each entry is (patch tokens (B, D, h, w), prefix tokens (B, P, D)); CLS is prefix 0
-        return torch.cat([prefix[:, 0] for _, prefix in out], dim=-1)  # (B, 2D)
+        patches = out[-1][0].mean(dim=(2, 3))  # (B, D), the last block's patch tokens
+        return torch.cat([prefix[:, 0] for _, prefix in out] + [patches], dim=-1)  # (B, 3D)
     return backbone(x)  # (B, F)
 
 
@@ -278,7 +288,8 @@ def extract(
 def probe_features(
     encoder: Encoder, paths_or_index: Any, **kwargs
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features for the probe: last-two-block CLS tokens for ViTs, pooled output otherwise."""
+    """Features for the probe: for ViTs the last two blocks' CLS tokens and the last block's
+    average patch token, the pooled output otherwise."""
     return extract(encoder, paths_or_index, kind="probe", **kwargs)
 
 
@@ -317,7 +328,7 @@ def cache_key(encoder: Encoder, paths: Sequence[str], kind: str) -> str:
         "kind": kind,
         "images": images.hexdigest(),
         "transform": repr(eval_transform(encoder.spec)),
-        "format": 1,
+        "format": 2,  # 2: ViT probe features gained the average patch token
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 

@@ -2,7 +2,8 @@
 
 Protocol (kept fixed so numbers compare across checkpoints and runs):
 
-- features: `features.probe_features` (last-two-block CLS tokens for ViTs, pooled otherwise), eval
+- features: `features.probe_features` (for ViTs the last two blocks' CLS
+  tokens and the last block's average patch token, pooled output otherwise), eval
   transform, cached on disk;
 - validation: `--val` or a stratified split of the labels, 20% per class (at least 1), seed 0;
 - linear head: LayerNorm + Linear, AdamW (weight decay 1e-6), cross-entropy (with `balanced`,
@@ -742,6 +743,8 @@ def _save_confusion(
 def protocol_record(balanced: bool) -> dict[str, Any]:
     """The heads' settings as probe.json records them: two probes with equal records are
     comparable number for number."""
+    from lejepa_cli.features import PROBE_FEATURES
+
     return {
         "linear": {
             "head": "LayerNorm + Linear",
@@ -758,6 +761,7 @@ def protocol_record(balanced: bool) -> dict[str, Any]:
             "class_weights": "balanced" if balanced else "none",
         },
         "knn": {"k": KNN_K, "temperature": KNN_T, "similarity": "cosine"},
+        "features": PROBE_FEATURES,
     }
 
 

@@ -171,9 +171,11 @@ def test_cli_balanced_flag_reaches_the_head_and_the_record(data, tmp_path, capsy
     assert record["protocol"]["linear"]["class_weights"] == "balanced"
 
 
-def test_vit_probe_features_are_the_last_two_cls_tokens(tmp_path):
+def test_vit_probe_features_are_the_last_two_cls_tokens_and_the_mean_patch(tmp_path):
+    import torch
+
     from lejepa_cli.artifacts import load_encoder
-    from lejepa_cli.features import embed_features, probe_features
+    from lejepa_cli.features import _loader, embed_features, probe_features
 
     rows = _write_images(tmp_path, per_class=1)
     paths = [tmp_path / p for p, _ in rows]
@@ -182,11 +184,21 @@ def test_vit_probe_features_are_the_last_two_cls_tokens(tmp_path):
     embed_x, _ = embed_features(encoder, paths, device="cpu", workers=0)
     dim = encoder.feature_dim
     assert (
-        ok.all() and probe_x.shape == (len(paths), 2 * dim) and embed_x.shape == (len(paths), dim)
+        ok.all() and probe_x.shape == (len(paths), 3 * dim) and embed_x.shape == (len(paths), dim)
     )
     # token pooling: the pooled embedding is the last block's normed CLS token
-    np.testing.assert_allclose(probe_x[:, dim:], embed_x, atol=1e-5)
+    np.testing.assert_allclose(probe_x[:, dim : 2 * dim], embed_x, atol=1e-5)
     assert np.abs(probe_x[:, :dim] - embed_x).max() > 1e-3
+    # the last third: the last block's normed tokens without the prefix, averaged
+    backbone = encoder.backbone.eval()
+    with torch.no_grad():
+        x = torch.cat(
+            [b for b, _, _ in _loader(encoder, np.array(paths, str), 64, 0, torch.device("cpu"))]
+        )
+        tokens = backbone.forward_features(x)  # (N, prefix + patches, D), after the final norm
+    patches = tokens[:, backbone.num_prefix_tokens :].mean(1).numpy()
+    np.testing.assert_allclose(probe_x[:, 2 * dim :], patches, atol=1e-5)
+    assert np.abs(patches - embed_x).max() > 1e-3
 
 
 def _fail(args, capsys) -> str:
