@@ -113,6 +113,38 @@ def test_yaml_that_is_not_utf8_or_not_yaml_is_one_line(tmp_path):
     assert "\n" not in message and "line 2" in message and "fix that line" in message
 
 
+@pytest.mark.parametrize(
+    "text, key, line",
+    [
+        ("epochs: 3\nlr: 1e-3\nepochs: 5\n", "epochs", 3),
+        ("global-size: 64\nglobal_size: 32\n", "global_size", 2),  # one setting, two spellings
+        ("augment:\n  blur_p: 0\n  blur_p: 1\n", "blur_p", 3),
+    ],
+)
+def test_a_key_given_twice_in_the_config_is_refused(tmp_path, text, key, line):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        config.load_yaml(path)
+    message = str(info.value)
+    assert f"'{key}' is given twice" in message and f"line {line}," in message
+    path.write_text("epochs: 3\naugment:\n  blur_p: 0\n  solarize_p: 0\n")
+    assert config.load_yaml(path)["augment"] == {"blur_p": 0, "solarize_p": 0}
+
+
+@pytest.mark.parametrize("command", ["probe", "export", "embed"])
+def test_an_empty_checkpoint_name_is_refused(run, images, tmp_path, capsys, command):
+    args = {
+        "probe": ["probe", str(run), "--labels", str(tmp_path / "labels.csv")],
+        "export": ["export", str(run), "--out", str(tmp_path / "export")],
+        "embed": ["embed", str(run), str(images), "--out", str(tmp_path / "e.npz")],
+    }[command]
+    code, err = _cli([*args, "--checkpoint", " "], capsys)
+    line = _one_line(err)
+    assert code == 2 and "--checkpoint" in line and "is empty" in line, err
+    assert not (tmp_path / "export").exists() and not (tmp_path / "e.npz").exists()
+
+
 # ----------------------------------------------------------------------------- artifacts
 
 

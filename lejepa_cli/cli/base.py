@@ -36,6 +36,15 @@ def reflow_help(doc: str) -> str:
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
 
 
+def checkpoint_flag(value: str | None) -> str | None:
+    """--checkpoint: an empty name is refused, not read as the default."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter(
+            "is empty; give last, best, an epoch number or a checkpoint name, or leave it out"
+        )
+    return value
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"lejepa {__version__}")

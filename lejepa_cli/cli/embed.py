@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lejepa_cli.cli.base import app
+from lejepa_cli.cli.base import app, checkpoint_flag
 
 
 @app.command(no_args_is_help=True)
@@ -23,6 +23,7 @@ def embed(
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
+        callback=checkpoint_flag,
         help="For a run: last, best, an epoch number or a checkpoint name.",
         show_default="last",
     ),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lejepa_cli.cli.base import app
+from lejepa_cli.cli.base import app, checkpoint_flag
 
 
 @app.command("export", no_args_is_help=True)
@@ -18,6 +18,7 @@ def export_command(
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
+        callback=checkpoint_flag,
         help="best, last, an epoch number or a checkpoint name.",
         show_default="best if report.json recommends one, else last",
     ),

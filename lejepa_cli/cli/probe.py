@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from lejepa_cli.cli.base import app
+from lejepa_cli.cli.base import app, checkpoint_flag
 
 
 @contextmanager
@@ -152,6 +152,7 @@ def probe(
     checkpoint: str | None = typer.Option(
         None,
         "--checkpoint",
+        callback=checkpoint_flag,
         help="For a run: last, best, an epoch number or a checkpoint name.",
         show_default="last",
     ),
