@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from lejepa_cli.artifacts import Encoder
@@ -35,6 +37,10 @@ from lejepa_cli.model import DataSpec
 KINDS = ("embed", "probe")
 # Images per forward pass: 65536 images of 224 px are already 39 GB of input.
 MAX_BATCH_SIZE = 65536
+# The eval resize scales the shorter side to the crop's size, so a strip of 1 x 1,000,000 pixels
+# would become 35 x 35,000,000 at 32 px (gigabytes). A strip whose resized image would pass
+# this many pixels is first cut to its centre, which is all the centre crop keeps anyway.
+MAX_EVAL_PIXELS = 1 << 24  # 50 MB of RGB; at 224 px, strips thinner than 1:272
 ProgressFn = Callable[[int, int], None]  # (images done, images in total)
 
 
@@ -147,11 +153,29 @@ def _as_paths(paths_or_index: Any) -> np.ndarray:
     return np.array([str(p) for p in paths_or_index], dtype=str)
 
 
+def cut_strip(image: Image.Image, scale_size: int) -> Image.Image:
+    """An image whose eval resize (shorter side to `scale_size`) would pass MAX_EVAL_PIXELS, cut
+    along its long side to the centred part that keeps it below; any other image as it is. The
+    centre crop after the resize keeps a square of the shorter side, deep inside that part, so
+    the embedding is the one timm's transform gives (to within its rounding of the crop's
+    position), without gigabytes of resized strip."""
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    allowed = max(short, int(short * MAX_EVAL_PIXELS / scale_size**2))  # the longest long side
+    if short == 0 or long <= allowed:
+        return image
+    start = (long - allowed) // 2
+    box = (start, 0, start + allowed, h) if w > h else (0, start, w, start + allowed)
+    return image.crop(box)
+
+
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, paths: np.ndarray, transform: Callable, size: int):
+    def __init__(self, paths: np.ndarray, transform: Callable, spec: DataSpec):
         self.paths = paths
         self.transform = transform
-        self.size = size
+        self.size = spec.input_size
+        # timm's eval resize: the shorter side to floor(size / crop_pct), then the centre crop
+        self.scale_size = math.floor(spec.input_size / data_config(spec)["crop_pct"])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -164,14 +188,14 @@ class _Images(torch.utils.data.Dataset):
         except DecodeError as exc:
             # A placeholder keeps the batch shape; the mask drops the row afterwards.
             return torch.zeros(3, self.size, self.size), False, str(exc) or "unreadable"
-        return self.transform(image), True, ""
+        return self.transform(cut_strip(image, self.scale_size)), True, ""
 
 
 def _loader(
     encoder: Encoder, paths: np.ndarray, batch_size: int, workers: int | str, dev: torch.device
 ) -> torch.utils.data.DataLoader:
     """The images in order, through the model's eval transform: (x, ok, reason) batches."""
-    dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec.input_size)
+    dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=check_batch_size(batch_size),

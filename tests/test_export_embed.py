@@ -293,3 +293,41 @@ def test_loading_refuses_weights_of_another_architecture(runs, tmp_path):
         load_encoder(run, "2")
     with pytest.raises(UsageError, match="neither a run directory"):
         load_encoder(tmp_path)
+
+
+def test_a_thin_strip_is_cut_before_the_eval_resize(tmp_path):
+    """A 1 x 20,000 strip would be resized to 36 x 720,000 pixels for a 32 px crop: it is cut
+    to its centre first, and the pixels the model sees are timm's, to within rounding."""
+    from timm.data import create_transform
+
+    from lejepa_cli.features import MAX_EVAL_PIXELS, _Images, data_config
+    from lejepa_cli.model import DataSpec
+
+    spec = DataSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 0.875)
+    ramp = np.linspace(0, 255, 20000)  # smooth, so a sub-pixel shift of the crop barely shows
+    strip = np.stack([ramp, ramp[::-1], np.full_like(ramp, 128)], -1)[None].astype(np.uint8)
+    paths = []
+    for name, array in (("strip.png", strip), ("tall.png", strip.transpose(1, 0, 2))):
+        Image.fromarray(array).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    Image.fromarray(np.full((40, 30, 3), 90, np.uint8)).save(tmp_path / "plain.png")
+    paths.append(str(tmp_path / "plain.png"))
+
+    seen = []
+    timm_transform = create_transform(**data_config(spec))
+
+    def transform(image):  # what the eval transform is handed
+        seen.append(image.size)
+        return timm_transform(image)
+
+    dataset = _Images(np.array(paths), transform, spec)
+    scale = 36  # floor(32 / 0.875)
+    for i, path in enumerate(paths):
+        x, ok, _ = dataset[i]
+        short, long = min(seen[-1]), max(seen[-1])
+        assert ok and x.shape == (3, 32, 32)
+        assert scale * scale * long / short <= MAX_EVAL_PIXELS
+        whole = timm_transform(Image.open(path).convert("RGB"))
+        assert (x - whole).abs().max() < 0.01, path
+    allowed = MAX_EVAL_PIXELS // scale**2  # 12,945 of the 20,000 pixels; the plain image whole
+    assert seen[0] == (allowed, 1) and seen[1] == (1, allowed) and seen[2] == (30, 40)
