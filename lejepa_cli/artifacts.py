@@ -6,6 +6,7 @@ of another architecture or a damaged file are reported instead of silently half-
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -402,6 +403,20 @@ def _from_export(export_dir: Path) -> Encoder:
         fingerprint=fingerprint,
         model_args=model_args,
     )
+
+
+def check_crop_pct(crop_pct: float | None) -> None:
+    """--crop-pct of probe, embed and export: None (the model's own) or a share from 0.1 to 1."""
+    if crop_pct is not None and not MIN_CROP_PCT <= crop_pct <= 1:
+        raise UsageError(f"--crop-pct takes a number from {MIN_CROP_PCT} to 1, not {crop_pct}")
+
+
+def with_crop_pct(encoder: Encoder, crop_pct: float | None) -> Encoder:
+    """`encoder` with its eval view keeping `crop_pct` of the shorter side (None: as recorded)."""
+    check_crop_pct(crop_pct)
+    if crop_pct is not None:
+        encoder.spec = dataclasses.replace(encoder.spec, crop_pct=float(crop_pct))
+    return encoder
 
 
 def load_encoder(path: str | Path, checkpoint: str | int | None = "last") -> Encoder:

@@ -106,15 +106,18 @@ def embed(
     device: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
+    crop_pct: float | None = None,
 ) -> EmbedResult:
     """Embed every image under `folder` (recursively) with the pooled backbone output; an
-    existing `out_file` is replaced only with `overwrite`."""
-    from lejepa_cli.artifacts import load_encoder
+    existing `out_file` is replaced only with `overwrite`. `crop_pct` replaces the model's
+    recorded eval crop (the share of the shorter side kept)."""
+    from lejepa_cli.artifacts import check_crop_pct, load_encoder, with_crop_pct
     from lejepa_cli.data.scan import scan_folder
     from lejepa_cli.features import cached_features
 
     out_file = Path(out_file)
     check_output(out_file)  # before any work: a typo in the suffix fails at once
+    check_crop_pct(crop_pct)
     if out_file.exists() and not overwrite:
         raise UsageError(
             f"--out {out_file} already exists; pass --overwrite to replace it, or choose "
@@ -123,7 +126,7 @@ def embed(
     index = scan_folder(folder, arg="FOLDER")
     if len(index) == 0:
         raise DataError(f"no images found in {folder}; point FOLDER at a folder of images")
-    encoder = load_encoder(model_path, checkpoint)
+    encoder = with_crop_pct(load_encoder(model_path, checkpoint), crop_pct)
     fs = cached_features(encoder, index, "embed", None, batch_size, workers, device, progress)
     feats, ok = fs.features, fs.ok
     relpaths = [index.relpath(i) for i in range(len(index))]

@@ -25,7 +25,15 @@ from typing import Any
 
 from lejepa_cli import __version__
 from lejepa_cli import checkpoint as ckpt_io
-from lejepa_cli.artifacts import EXPORT_CONFIG, WEIGHTS, Encoder, kind_of, sha256_file
+from lejepa_cli.artifacts import (
+    EXPORT_CONFIG,
+    WEIGHTS,
+    Encoder,
+    check_crop_pct,
+    kind_of,
+    sha256_file,
+    with_crop_pct,
+)
 from lejepa_cli.errors import RunDirError, UsageError, require_utf8_path
 
 FORMATS = ("safetensors", "onnx")
@@ -207,15 +215,18 @@ def export(
     checkpoint: str | int | None = None,
     fmt: str = "safetensors",
     overwrite: bool = False,
+    crop_pct: float | None = None,
 ) -> Path:
     """Export `checkpoint` of a run (default: best when report.json recommends one, else last)
-    into `out_dir`; returns `out_dir`. `fmt="onnx"` also writes model.onnx."""
+    into `out_dir`; returns `out_dir`. `fmt="onnx"` also writes model.onnx. `crop_pct` replaces
+    the eval crop the run recorded, in config.json and the model card."""
     run_dir, out = Path(run_dir), Path(out_dir)
     require_utf8_path("--out", out.absolute())
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if fmt == "onnx":
         _require_onnx()
+    check_crop_pct(crop_pct)
     if not Path(run_dir).exists():
         raise UsageError(f"{run_dir} does not exist; pass the folder of a pretraining run")
     if kind_of(run_dir) != "run":
@@ -228,7 +239,7 @@ def export(
 
     from lejepa_cli.artifacts import load_encoder
 
-    encoder = load_encoder(run_dir, which)
+    encoder = with_crop_pct(load_encoder(run_dir, which), crop_pct)
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for name in _OWN_FILES:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -39,7 +38,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lejepa_cli.config import MIN_CROP_PCT
 from lejepa_cli.errors import DataError, UsageError
 
 ALL = "all"
@@ -788,7 +786,7 @@ def run_probe(
     `crop_pct` replaces the model's recorded eval crop (for both the model and the random
     baseline)."""
     from lejepa_cli import __version__
-    from lejepa_cli.artifacts import load_encoder, random_encoder
+    from lejepa_cli.artifacts import check_crop_pct, load_encoder, random_encoder, with_crop_pct
     from lejepa_cli.features import (
         cached_features,
         calibrate_norm_stats,
@@ -805,8 +803,7 @@ def run_probe(
     check_batch_size(batch_size)
     if baseline not in (None, "random"):
         raise UsageError(f"--baseline takes 'random', not {baseline!r}")
-    if crop_pct is not None and not MIN_CROP_PCT <= crop_pct <= 1:
-        raise UsageError(f"--crop-pct takes a number from {MIN_CROP_PCT} to 1, not {crop_pct}")
+    check_crop_pct(crop_pct)
     # Read the labels before loading any weights: a bad CSV fails in a blink.
     train_paths, train_labels = read_labels(labels_csv, root)
     val_paths, val_labels = read_labels(val_csv, root) if val_csv is not None else ([], [])
@@ -839,9 +836,7 @@ def run_probe(
         y_all = _encode(train_labels, classes)
         train_idx, val_idx = stratified_split(y_all, VAL_FRACTION, SPLIT_SEED, classes)
 
-    encoder = load_encoder(model_path, checkpoint)
-    if crop_pct is not None:
-        encoder.spec = dataclasses.replace(encoder.spec, crop_pct=float(crop_pct))
+    encoder = with_crop_pct(load_encoder(model_path, checkpoint), crop_pct)
     out = Path(out_dir) if out_dir is not None else Path(encoder.source["path"]) / "probe"
     root = out.resolve()  # the label paths are resolved already
     inside = next((p for p in paths if Path(p).is_relative_to(root)), None)

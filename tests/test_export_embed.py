@@ -331,3 +331,32 @@ def test_a_thin_strip_is_cut_before_the_eval_resize(tmp_path):
         assert (x - whole).abs().max() < 0.01, path
     allowed = MAX_EVAL_PIXELS // scale**2  # 12,945 of the 20,000 pixels; the plain image whole
     assert seen[0] == (allowed, 1) and seen[1] == (1, allowed) and seen[2] == (30, 40)
+
+
+def test_crop_pct_of_embed_and_export_agree_and_change_the_view(runs, images, tmp_path, capsys):
+    """`export --crop-pct 1` writes the whole-image view into config.json, and embedding the
+    export gives what `embed RUN --crop-pct 1` gives: another view than the run's own."""
+    run = str(runs["test_resnet"])
+    code, _, err = _cli(
+        ["export", run, "--out", str(tmp_path / "whole"), "--crop-pct", "1"], capsys
+    )
+    assert code == 0, err
+    config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert config["pretrained_cfg"]["crop_pct"] == 1.0
+    emb = {}
+    for name, args in {
+        "export": [str(tmp_path / "whole")],
+        "run-whole": [run, "--crop-pct", "1"],
+        "run": [run],
+    }.items():
+        out = tmp_path / f"{name}.npz"
+        code, _, err = _cli(["embed", args[0], str(images), "--out", str(out), *args[1:]], capsys)
+        assert code == 0, err
+        emb[name] = np.load(out)["embeddings"]
+    np.testing.assert_allclose(emb["export"], emb["run-whole"], atol=1e-5)
+    assert np.abs(emb["run-whole"] - emb["run"]).max() > 1e-3
+    for command in (["embed", run, str(images), "--out", str(tmp_path / "x.npz")],
+                    ["export", run, "--out", str(tmp_path / "x")]):  # fmt: skip
+        code, _, err = _cli([*command, "--crop-pct", "0.05"], capsys)
+        assert code == 2 and "--crop-pct takes a number from 0.1 to 1" in err, err
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x").exists()

@@ -11,6 +11,7 @@ import inspect
 import os
 import sys
 import traceback
+from typing import Any
 
 import typer
 
@@ -34,6 +35,17 @@ def reflow_help(doc: str) -> str:
     """A docstring as command help: paragraphs kept, the line breaks inside each one removed."""
     paragraphs = inspect.cleandoc(doc).split("\n\n")
     return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def crop_pct_option(whose: str) -> Any:
+    """--crop-pct of probe, embed and export; `whose` ends the help's first sentence."""
+    return typer.Option(
+        None,
+        "--crop-pct",
+        help=f"Share of the image's shorter side kept by the eval view (resize, then centre "
+        f"crop), {whose}; from 0.1 to 1, 1 keeps the whole image.",
+        show_default="the model's",
+    )
 
 
 def checkpoint_flag(value: str | None) -> str | None:

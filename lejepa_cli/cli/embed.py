@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lejepa_cli.cli.base import app, checkpoint_flag
+from lejepa_cli.cli.base import app, checkpoint_flag, crop_pct_option
 
 
 @app.command(no_args_is_help=True)
@@ -35,6 +35,7 @@ def embed(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace --out if it exists (refused otherwise)."
     ),
+    crop_pct: float | None = crop_pct_option("instead of the one the run recorded"),
 ) -> None:
     """Embed every image under FOLDER with the backbone's pooled output.
 
@@ -60,6 +61,7 @@ def embed(
             device=device,
             progress=callback,
             overwrite=overwrite,
+            crop_pct=crop_pct,
         )
     console.print(
         f"wrote {result.count} embeddings of dimension {result.feature_dim} to {escape(str(result.out_file))}"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lejepa_cli.cli.base import app, checkpoint_flag
+from lejepa_cli.cli.base import app, checkpoint_flag, crop_pct_option
 
 
 @app.command("export", no_args_is_help=True)
@@ -28,6 +28,7 @@ def export_command(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing export in --out."
     ),
+    crop_pct: float | None = crop_pct_option("instead of the one the run recorded"),
 ) -> None:
     """Export a run's backbone as a plain timm model folder with a model card.
 
@@ -43,7 +44,7 @@ def export_command(
     from lejepa_cli.export import export
 
     console = Console(highlight=False)
-    path = export(run, out, checkpoint=checkpoint, fmt=fmt, overwrite=overwrite)
+    path = export(run, out, checkpoint=checkpoint, fmt=fmt, overwrite=overwrite, crop_pct=crop_pct)
     src = json.loads((path / "config.json").read_text())["lejepa"]["source"]
     if checkpoint is None:
         why = (

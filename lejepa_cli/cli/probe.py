@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from lejepa_cli.cli.base import app, checkpoint_flag
+from lejepa_cli.cli.base import app, checkpoint_flag, crop_pct_option
 
 
 @contextmanager
@@ -180,13 +180,7 @@ def probe(
         help="Weight the linear head's classes alike (cross-entropy weight n / (classes x "
         "n_class)): for imbalanced labels judged by balanced accuracy. kNN is unchanged.",
     ),
-    crop_pct: float | None = typer.Option(
-        None,
-        "--crop-pct",
-        help="Share of the image's shorter side kept by the eval view (resize, then centre "
-        "crop), for the model and the baseline alike; from 0.1 to 1, 1 keeps the whole image.",
-        show_default="the model's",
-    ),
+    crop_pct: float | None = crop_pct_option("for the model and the baseline alike"),
     as_json: bool = typer.Option(False, "--json", help="Print probe.json instead of tables."),
 ) -> None:
     """Probe a frozen backbone with labeled images: linear head and kNN, with few-shot seeds.
