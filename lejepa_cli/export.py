@@ -144,8 +144,10 @@ def probe_summary(probe_json: Path) -> dict[str, Any] | None:
     source = data.get("source") if isinstance(data.get("source"), dict) else {}
     counts = data.get("val_counts") if isinstance(data.get("val_counts"), dict) else {}
     classes = data.get("classes") if isinstance(data.get("classes"), list) else []
+    view = data.get("eval_view") if isinstance(data.get("eval_view"), dict) else {}
     return {
         "checkpoint": _text(source.get("checkpoint")),
+        "crop_pct": view.get("crop_pct") if _number(view.get("crop_pct")) else None,
         "labels": _text(data.get("labels")),
         "validation": _text(data.get("validation")),
         "num_classes": len(classes),
@@ -377,12 +379,22 @@ def model_card(config: dict[str, Any], dirname: str) -> str:
     loss_text = ", ".join(f"{k} {v:.4g}" for k, v in loss.items() if isinstance(v, (int, float)))
     probe = extra.get("probe")
     if probe:
-        note = ""
+        other = []
         if probe.get("checkpoint") and probe["checkpoint"] != src["checkpoint"]:
-            note = (
-                f"\n\nThese were measured on checkpoint `{probe['checkpoint']}`, not on the exported "
-                f"`{src['checkpoint']}`; probe this export with `lejepa probe {dirname} --labels ...`."
+            other.append(
+                f"on checkpoint `{probe['checkpoint']}`, not on the exported `{src['checkpoint']}`"
             )
+        if probe.get("crop_pct") is not None and probe["crop_pct"] != pcfg["crop_pct"]:
+            other.append(
+                f"with an eval view keeping crop_pct {probe['crop_pct']}, not the exported "
+                f"{pcfg['crop_pct']}"
+            )
+        note = (
+            f"\n\nThese were measured {' and '.join(other)}; probe this export with "
+            f"`lejepa probe {dirname} --labels ...`."
+            if other
+            else ""
+        )
         probe_text = (
             f"Frozen-backbone probe (`lejepa probe`) on {probe['num_classes']} classes, "
             f"{probe['num_val']} validation images ({probe['validation']}), mean ± std over "

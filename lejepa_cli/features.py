@@ -4,7 +4,7 @@ Two kinds of features:
 
 - `embed`: the backbone's pooled output (`num_classes=0`), what `lejepa embed` writes and what an
   exported model gives in plain timm.
-- `probe`: for ViTs with a class token, the CLS tokens of the last two blocks and the average of
+- `probe`: for ViTs pooled by their class token, the CLS tokens of the last two blocks and the average of
   the last block's patch tokens, after the final norm, concatenated (the linear-evaluation
   features of DINO and DINOv2: class tokens of the last blocks, plus the pooled patch tokens);
   the pooled output for everything else.
@@ -118,17 +118,25 @@ def eval_transform(spec: DataSpec) -> Callable:
 
 
 def has_cls_blocks(backbone: nn.Module) -> bool:
-    """A timm ViT whose class token can be read from its last blocks."""
+    """A timm ViT pooled by its class token, whose class token can be read from its last blocks
+    after the final norm. ViTs pooled by averaging (their final norm is `fc_norm`, after the
+    pooling: EVA-02, BEiT) and ViTs whose `forward_intermediates` has no prefix tokens (CaiT,
+    XCiT) are probed by their pooled output, as other architectures are."""
+    import inspect
+
+    forward = getattr(backbone, "forward_intermediates", None)
     return (
         getattr(backbone, "cls_token", None) is not None
-        and hasattr(backbone, "forward_intermediates")
+        and getattr(backbone, "global_pool", None) == "token"
+        and forward is not None
+        and "return_prefix_tokens" in inspect.signature(forward).parameters
         and len(getattr(backbone, "blocks", ())) >= 2
     )
 
 
 # What `probe` features are, as probe.json records them: a probe with other features is not current.
 PROBE_FEATURES = (
-    "ViT with a class token: CLS tokens of the last two blocks + mean patch token of the last "
+    "ViT pooled by its class token: CLS tokens of the last two blocks + mean patch token of the last "
     "block, after the final norm; otherwise the pooled output"
 )
 
@@ -162,6 +170,8 @@ def cut_strip(image: Image.Image, scale_size: int) -> Image.Image:
     w, h = image.size
     short, long = min(w, h), max(w, h)
     allowed = max(short, int(short * MAX_EVAL_PIXELS / scale_size**2))  # the longest long side
+    odd = (long - allowed) % 2  # an even margin on both sides keeps the centre of the whole
+    allowed += -odd if allowed > short else odd
     if short == 0 or long <= allowed:
         return image
     start = (long - allowed) // 2

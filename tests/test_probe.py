@@ -201,6 +201,24 @@ def test_vit_probe_features_are_the_last_two_cls_tokens_and_the_mean_patch(tmp_p
     assert np.abs(patches - embed_x).max() > 1e-3
 
 
+def test_vits_not_pooled_by_their_class_token_are_probed_by_their_pooled_output():
+    """An average-pooled ViT's final norm (`fc_norm`) comes after the pooling, so its blocks'
+    tokens are not normed: it is probed by its pooled output, as a CNN is."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    from lejepa_cli.features import forward_features, has_cls_blocks
+
+    small = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2}
+    x = torch.randn(3, 3, 32, 32)
+    token = VisionTransformer(**small, num_classes=0, global_pool="token").eval()
+    pooled = VisionTransformer(**small, num_classes=0, global_pool="avg", fc_norm=True).eval()
+    assert has_cls_blocks(token) and not has_cls_blocks(pooled)
+    with torch.no_grad():
+        assert forward_features(token, x, "probe").shape == (3, 3 * 32)
+        torch.testing.assert_close(forward_features(pooled, x, "probe"), pooled(x))
+
+
 def _fail(args, capsys) -> str:
     with pytest.raises(SystemExit) as info:
         main(args)

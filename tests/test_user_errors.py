@@ -139,9 +139,10 @@ def test_an_empty_checkpoint_name_is_refused(run, images, tmp_path, capsys, comm
         "export": ["export", str(run), "--out", str(tmp_path / "export")],
         "embed": ["embed", str(run), str(images), "--out", str(tmp_path / "e.npz")],
     }[command]
-    code, err = _cli([*args, "--checkpoint", " "], capsys)
-    line = _one_line(err)
-    assert code == 2 and "--checkpoint" in line and "is empty" in line, err
+    for empty in ("", " "):
+        code, err = _cli([*args, "--checkpoint", empty], capsys)
+        line = _one_line(err)
+        assert code == 2 and "--checkpoint" in line and "is empty" in line, err
     assert not (tmp_path / "export").exists() and not (tmp_path / "e.npz").exists()
 
 
