@@ -35,7 +35,7 @@ def embed(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace --out if it exists (refused otherwise)."
     ),
-    crop_pct: float | None = crop_pct_option("instead of the one the run recorded"),
+    crop_pct: float | None = crop_pct_option("instead of the one the model recorded"),
 ) -> None:
     """Embed every image under FOLDER with the backbone's pooled output.
 

@@ -28,7 +28,7 @@ def export_command(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing export in --out."
     ),
-    crop_pct: float | None = crop_pct_option("instead of the one the run recorded"),
+    crop_pct: float | None = crop_pct_option("instead of the one the model recorded"),
 ) -> None:
     """Export a run's backbone as a plain timm model folder with a model card.
 
