@@ -18,9 +18,9 @@ from typing import Any
 from torch import nn
 
 from lejepa_cli import checkpoint as ckpt_io
-from lejepa_cli.config import MAX_SIZE
+from lejepa_cli.config import MAX_SIZE, MIN_CROP_PCT
 from lejepa_cli.errors import CheckpointError, UsageError
-from lejepa_cli.model import MIN_CROP_PCT, DataSpec
+from lejepa_cli.model import DataSpec
 
 WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
@@ -77,7 +77,7 @@ def _finite_triple(value: Any) -> bool:
     return (
         isinstance(value, list)
         and len(value) == 3
-        and all(ckpt_io.is_number(v) and math.isfinite(v) for v in value)
+        and all(ckpt_io.is_finite_number(v) for v in value)
     )
 
 
@@ -309,7 +309,7 @@ def _check_export_config(cfg: Any) -> None:
         raise ValueError(f"lejepa.source.checkpoint {source['checkpoint']!r} is not a name")
     for key in ("step", "epoch"):
         value = source.get(key)
-        if value is not None and not (ckpt_io.is_number(value) and isinstance(value, int)):
+        if value is not None and not ckpt_io.is_whole_number(value):
             raise ValueError(f"lejepa.source.{key} {value!r} is not a whole number")
 
 

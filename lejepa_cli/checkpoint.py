@@ -161,6 +161,16 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def is_finite_number(value: Any) -> bool:
+    """A JSON number that is neither NaN nor infinite."""
+    return is_number(value) and math.isfinite(value)
+
+
+def is_whole_number(value: Any) -> bool:
+    """A JSON integer (not a bool, not a float)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def float_mismatch(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> str | None:
     """The first key whose saved tensor is not floating point where the model's is:
     load_state_dict would cast it silently."""
@@ -181,11 +191,11 @@ def _load_meta(ckpt: Path) -> dict[str, Any]:
         raise ValueError("not a mapping")
     for key in _WHOLE_FIELDS:
         value = meta.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_whole_number(value) or value < 0:
             raise ValueError(f"{key} is {value!r}, not a whole number")
     for key in _NUMBER_FIELDS:
         value = meta.get(key, 0)
-        if not is_number(value) or not math.isfinite(value):
+        if not is_finite_number(value):
             raise ValueError(f"{key} is {value!r}, not a number")
     for key in _TEXT_FIELDS:
         if not isinstance(meta.get(key, ""), str):

@@ -15,7 +15,6 @@ exactly the eval preprocessing of `lejepa embed` and `lejepa probe`.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -136,8 +135,8 @@ def probe_summary(probe_json: Path) -> dict[str, Any] | None:
                     m: {"mean": r[m]["mean"], "std": r[m]["std"]}
                     for m in ("top1", "balanced_accuracy", "macro_f1")
                     if isinstance(r.get(m), dict)
-                    and _number(r[m].get("mean"))
-                    and _number(r[m].get("std"))
+                    and ckpt_io.is_finite_number(r[m].get("mean"))
+                    and ckpt_io.is_finite_number(r[m].get("std"))
                 },
             }
         )
@@ -147,18 +146,16 @@ def probe_summary(probe_json: Path) -> dict[str, Any] | None:
     view = data.get("eval_view") if isinstance(data.get("eval_view"), dict) else {}
     return {
         "checkpoint": _text(source.get("checkpoint")),
-        "crop_pct": view.get("crop_pct") if _number(view.get("crop_pct")) else None,
+        "crop_pct": view.get("crop_pct")
+        if ckpt_io.is_finite_number(view.get("crop_pct"))
+        else None,
         "labels": _text(data.get("labels")),
         "validation": _text(data.get("validation")),
         "num_classes": len(classes),
-        "num_val": sum(int(n) for n in counts.values() if _number(n)),
-        "seeds": data.get("seeds") if _number(data.get("seeds")) else None,
+        "num_val": sum(int(n) for n in counts.values() if ckpt_io.is_finite_number(n)),
+        "seeds": data.get("seeds") if ckpt_io.is_finite_number(data.get("seeds")) else None,
         "rows": keep,
     }
-
-
-def _number(x: Any) -> bool:
-    return ckpt_io.is_number(x) and math.isfinite(x)
 
 
 def _text(x: Any) -> str | None:

@@ -4,10 +4,10 @@ Two kinds of features:
 
 - `embed`: the backbone's pooled output (`num_classes=0`), what `lejepa embed` writes and what an
   exported model gives in plain timm.
-- `probe`: for ViTs pooled by their class token, the CLS tokens of the last two blocks and the average of
-  the last block's patch tokens, after the final norm, concatenated (the linear-evaluation
-  features of DINO and DINOv2: class tokens of the last blocks, plus the pooled patch tokens);
-  the pooled output for everything else.
+- `probe`: for ViTs pooled by their class token, the CLS tokens of the last two blocks and the
+  average of the last block's patch tokens, after the final norm, concatenated (the
+  linear-evaluation features of DINO and DINOv2: class tokens of the last blocks, plus the pooled
+  patch tokens); the pooled output for everything else.
 
 The eval transform is `timm.data.create_transform(**resolve_data_config(...))` for the encoder's
 data spec, so an exported model preprocessed by timm itself sees exactly the same pixels.
@@ -136,8 +136,8 @@ def has_cls_blocks(backbone: nn.Module) -> bool:
 
 # What `probe` features are, as probe.json records them: a probe with other features is not current.
 PROBE_FEATURES = (
-    "ViT pooled by its class token: CLS tokens of the last two blocks + mean patch token of the last "
-    "block, after the final norm; otherwise the pooled output"
+    "ViT pooled by its class token: CLS tokens of the last two blocks + mean patch token of the "
+    "last block, after the final norm; otherwise the pooled output"
 )
 
 
@@ -322,8 +322,8 @@ def extract(
 def probe_features(
     encoder: Encoder, paths_or_index: Any, **kwargs
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Features for the probe: for ViTs the last two blocks' CLS tokens and the last block's
-    average patch token, the pooled output otherwise."""
+    """Features for the probe: for ViTs pooled by their class token the last two blocks' CLS
+    tokens and the last block's average patch token, the pooled output otherwise."""
     return extract(encoder, paths_or_index, kind="probe", **kwargs)
 
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lejepa_cli.config import MIN_CROP_PCT  # noqa: F401 (read from here by artifacts)
 from lejepa_cli.errors import UsageError
 
 

@@ -2,8 +2,8 @@
 
 Protocol (kept fixed so numbers compare across checkpoints and runs):
 
-- features: `features.probe_features` (for ViTs the last two blocks' CLS
-  tokens and the last block's average patch token, pooled output otherwise), eval
+- features: `features.probe_features` (for ViTs pooled by their class token the last two blocks'
+  CLS tokens and the last block's average patch token, the pooled output otherwise), eval
   transform, cached on disk;
 - validation: `--val` or a stratified split of the labels, 20% per class (at least 1), seed 0;
 - linear head: LayerNorm + Linear, AdamW (weight decay 1e-6), cross-entropy (with `balanced`,

@@ -350,10 +350,7 @@ def _valid_record(rec: Any) -> bool:
     if not isinstance(rec, dict) or not isinstance(rec.get("checkpoint"), str):
         return False
     fields = [
-        *(
-            (rec.get(k), lambda v: ckpt_io.is_number(v) and isinstance(v, int))
-            for k in _RECORD_WHOLE
-        ),
+        *((rec.get(k), ckpt_io.is_whole_number) for k in _RECORD_WHOLE),
         *((rec.get(k), ckpt_io.is_number) for k in _RECORD_NUMBERS),
         *((rec.get(k), lambda v: isinstance(v, dict)) for k in _RECORD_MAPPINGS),
         (rec.get("collapsed"), lambda v: isinstance(v, bool)),
