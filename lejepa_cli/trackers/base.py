@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +141,6 @@ class Tracker(Callback):
 
         events = [(r["step"], train_metrics(r)) for r in read_metrics(self.run_dir)]
         events += [(s.get("step"), score_metrics(s)) for s in read_history(self.run_dir)]
-        for step, metrics in sorted((e for e in events if isinstance(e[0], int)), key=_first):
-            if step <= start_step:
-                self._log_new(step, metrics)
-
-
-def _first(pair: tuple) -> Any:
-    return pair[0]
+        events = [e for e in events if isinstance(e[0], int) and e[0] <= start_step]
+        for step, metrics in sorted(events, key=itemgetter(0)):
+            self._log_new(step, metrics)
