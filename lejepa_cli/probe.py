@@ -763,6 +763,20 @@ def protocol_record(balanced: bool) -> dict[str, Any]:
     }
 
 
+# What a probe writes into its folder: with --overwrite these, and only these, are replaced.
+RESULT_FILES = ("probe.json", "confusion.png")
+
+
+def _refuse_earlier_results(out: Path) -> None:
+    """A UsageError when `out` already holds a probe's results (probe.json or confusion.png)."""
+    found = [name for name in RESULT_FILES if (out / name).exists()]
+    if found:
+        raise UsageError(
+            f"--out {out} already holds {' and '.join(found)}; pass --overwrite to replace them, "
+            "or choose another folder"
+        )
+
+
 def run_probe(
     model_path: str | Path,
     labels_csv: str | Path,
@@ -779,9 +793,12 @@ def run_probe(
     progress: ProgressFn | None = None,
     balanced: bool = False,
     crop_pct: float | None = None,
+    overwrite: bool = False,
 ) -> ProbeResult:
     """Probe a run's checkpoint or an export with labeled images; write probe.json and, when
-    `shots` include 'all', a confusion matrix into `out_dir` (default MODEL/probe/). `balanced`
+    `shots` include 'all', a confusion matrix into `out_dir` (default MODEL/probe/). A given
+    `out_dir` that holds an earlier probe's results is refused unless `overwrite`; the default
+    folder is the model's own probe folder and is always brought up to date. `balanced`
     weights the linear head's classes alike, for imbalanced labels scored by balanced accuracy.
     `crop_pct` replaces the model's recorded eval crop (for both the model and the random
     baseline)."""
@@ -797,6 +814,8 @@ def run_probe(
     started = time.time()
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UsageError(f"--out {out_dir} is a file; pass a folder for the probe results")
+    if out_dir is not None and not overwrite:
+        _refuse_earlier_results(Path(out_dir))
     shot_list = parse_shots(shots)
     if not 1 <= int(seeds) <= MAX_SEEDS:
         raise UsageError(f"--seeds takes a number from 1 to {MAX_SEEDS}, not {seeds}")

@@ -181,6 +181,12 @@ def probe(
         "n_class)): for imbalanced labels judged by balanced accuracy. kNN is unchanged.",
     ),
     crop_pct: float | None = crop_pct_option("for the model and the baseline alike"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace probe.json and confusion.png in an --out that holds them (refused "
+        "otherwise); nothing else there is touched.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print probe.json instead of tables."),
 ) -> None:
     """Probe a frozen backbone with labeled images: linear head and kNN, with few-shot seeds.
@@ -211,6 +217,7 @@ def probe(
             progress=progress,
             balanced=balanced,
             crop_pct=crop_pct,
+            overwrite=overwrite,
         )
     if as_json:
         typer.echo(json.dumps(result.data, indent=2))
