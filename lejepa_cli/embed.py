@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from lejepa_cli.errors import DataError, UsageError
+from lejepa_cli.errors import DataError, UnreadableDataError, UsageError
 
 SUFFIXES = (".npz", ".csv", ".parquet")
 
@@ -133,7 +133,11 @@ def embed(
     skipped = {relpaths[i]: fs.errors.get(fs.paths[i], "unreadable") for i in np.flatnonzero(~ok)}
     keep = np.flatnonzero(ok)
     if len(keep) == 0:
-        raise DataError(f"none of the {len(index)} images in {folder} could be read")
+        first, reason = next(iter(skipped.items()))
+        raise UnreadableDataError(
+            f"none of the {len(index)} images in {folder} could be read (e.g. {first}: "
+            f"{reason}); run `lejepa inspect {folder}` to list them"
+        )
     write_embeddings(out_file, feats[keep], [relpaths[i] for i in keep])
     return EmbedResult(
         out_file=out_file,

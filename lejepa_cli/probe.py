@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lejepa_cli.errors import DataError, UsageError
+from lejepa_cli.errors import DataError, UnreadableDataError, UsageError
 
 ALL = "all"
 VAL_FRACTION = 0.2  # share of each class held out when no --val is given
@@ -901,9 +901,14 @@ def run_probe(
     val_idx = val_idx[ok[val_idx]]
     present = np.unique(y_all[train_idx])
     if len(present) < 2:
-        raise DataError("fewer than two classes are left once unreadable images are dropped")
+        raise UnreadableDataError(
+            "fewer than two classes are left once unreadable images are dropped; run "
+            "`lejepa inspect` on the image folder to list them"
+        )
     if len(val_idx) == 0:
-        raise DataError("no readable validation images are left; check the images or --val")
+        raise UnreadableDataError(
+            "no readable validation images are left; check the images or --val"
+        )
 
     rows: list[dict[str, Any]] = []
     per_seed: dict[tuple, list[dict]] = {}

@@ -83,3 +83,58 @@ def test_probe_refuses_an_out_with_earlier_results_unless_overwrite(run, labeled
     assert "earlier" not in (out / "probe.json").read_text()
     assert (out / "confusion.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "notes.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- embed, unreadable
+
+
+@pytest.fixture
+def forwarded(monkeypatch) -> list[int]:
+    """Rows of every forward pass of the backbone `embed` loads (a hook on the real model)."""
+    import lejepa_cli.artifacts as artifacts
+
+    rows: list[int] = []
+    real = artifacts.load_encoder
+
+    def load_and_count(*args, **kwargs):
+        encoder = real(*args, **kwargs)
+        encoder.backbone.register_forward_hook(lambda m, inp, out: rows.append(len(inp[0])))
+        return encoder
+
+    monkeypatch.setattr(artifacts, "load_encoder", load_and_count)
+    return rows
+
+
+def _zero_byte_files(folder: Path, count: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        (folder / f"empty_{i:04d}.jpg").write_bytes(b"")
+
+
+def test_embed_forwards_only_readable_images(run, tmp_path, forwarded, capsys):
+    folder = tmp_path / "imgs"
+    _zero_byte_files(folder, 300)
+    _image(folder / "good_a.png", 50)
+    _image(folder / "good_b.png", 150)
+    out = tmp_path / "e.npz"
+    code, text, err = _cli(
+        ["embed", run, folder, "--out", out, "--device", "cpu", "--workers", "0"], capsys
+    )
+    assert code == 0, err
+    assert sum(forwarded) == 2 and len(forwarded) >= 1  # no placeholder reached the network
+    assert sorted(np.load(out)["paths"].tolist()) == ["good_a.png", "good_b.png"]
+    assert "skipped 300 unreadable images" in " ".join(text.split())
+
+
+def test_embed_of_a_folder_with_nothing_readable_fails_without_a_forward_pass(
+    run, tmp_path, forwarded, capsys
+):
+    folder = tmp_path / "imgs"
+    _zero_byte_files(folder, 300)
+    code, _, err = _cli(
+        ["embed", run, folder, "--out", tmp_path / "e.npz", "--device", "cpu"], capsys
+    )
+    line = _one_line(err)
+    assert code == 1 and "none of the 300 images" in line and "lejepa inspect" in line
+    assert forwarded == []
+    assert not (tmp_path / "e.npz").exists()
