@@ -27,6 +27,7 @@ import csv
 import io
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -89,6 +90,11 @@ def read_labels(
     if csv_path.is_dir():
         raise DataError(f"labels {csv_path} is a folder; pass the CSV file (path,label) in it")
     if not csv_path.is_file():
+        if csv_path.is_symlink():
+            raise DataError(
+                f"labels file {csv_path} is a broken symbolic link (or a link loop); point "
+                "it at the CSV file"
+            )
         raise DataError(f"labels file not found: {csv_path}; check the path")
     base = Path(root) if root is not None else csv_path.parent
     try:
@@ -132,7 +138,9 @@ def read_labels(
         if len(row) <= max(ip, il) or not row[ip].strip() or not row[il].strip():
             raise DataError(f"{csv_path} line {line}: needs both a path and a label")
         rel, label = row[ip].strip(), row[il].strip()
-        path = str((base / rel).resolve())
+        # realpath, not Path.resolve: a symlink loop stays a path that is reported missing
+        # below, where resolve() raises RuntimeError.
+        path = os.path.realpath(base / rel)
         if path in seen:
             if seen[path] != label:
                 raise DataError(
@@ -763,6 +771,36 @@ def protocol_record(balanced: bool) -> dict[str, Any]:
     }
 
 
+def _drop_absent_classes(
+    y: np.ndarray, val_idx: np.ndarray, present: np.ndarray, classes: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Classes without a readable training image leave the probe: (labels recoded to the kept
+    classes, validation rows of kept classes only, names of the dropped classes). Rows of a
+    dropped class get -1; no index left points at them."""
+    code = np.full(len(classes), -1, dtype=np.int64)
+    code[present] = np.arange(len(present))
+    dropped = [c for i, c in enumerate(classes) if code[i] < 0]
+    return code[y], val_idx[code[y[val_idx]] >= 0], dropped
+
+
+def _dropped_note(dropped: list[str]) -> str:
+    shown = ", ".join(f"'{c}'" for c in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+    if len(dropped) == 1:
+        return f"class {shown} was left out: none of its training images could be read"
+    return f"{len(dropped)} classes ({shown}) were left out: none of their training images could be read"
+
+
+def _mean_over_seeds(per_class: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class accuracy (S, C) with NaN for a class absent from validation -> its mean over
+    the seeds (C,), NaN where no seed has it (no 'mean of empty slice' warning)."""
+    if not len(per_class):
+        return np.full(num_classes, np.nan)
+    seen = ~np.isnan(per_class)
+    total = np.where(seen, per_class, 0.0).sum(0)
+    count = seen.sum(0)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 # What a probe writes into its folder: with --overwrite these, and only these, are replaced.
 RESULT_FILES = ("probe.json", "confusion.png")
 
@@ -809,6 +847,7 @@ def run_probe(
         calibrate_norm_stats,
         check_batch_size,
         resolve_device,
+        resolve_workers,
     )
 
     started = time.time()
@@ -820,6 +859,7 @@ def run_probe(
     if not 1 <= int(seeds) <= MAX_SEEDS:
         raise UsageError(f"--seeds takes a number from 1 to {MAX_SEEDS}, not {seeds}")
     check_batch_size(batch_size)
+    resolve_workers(workers, 0)  # a bad --workers fails now, not after the features are cached
     if baseline not in (None, "random"):
         raise UsageError(f"--baseline takes 'random', not {baseline!r}")
     check_crop_pct(crop_pct)
@@ -900,6 +940,10 @@ def run_probe(
     train_idx = train_idx[ok[train_idx]]
     val_idx = val_idx[ok[val_idx]]
     present = np.unique(y_all[train_idx])
+    if len(present) >= 2 and len(present) < len(classes):
+        y_all, val_idx, dropped = _drop_absent_classes(y_all, val_idx, present, classes)
+        notes.append(_dropped_note(dropped))
+        classes = [classes[c] for c in present]
     if len(present) < 2:
         raise UnreadableDataError(
             "fewer than two classes are left once unreadable images are dropped; run "
@@ -948,8 +992,7 @@ def run_probe(
                         for r in results
                     ]
                 )
-                with np.errstate(all="ignore"):
-                    class_mean = np.nanmean(per_class, axis=0) if len(per_class) else []
+                class_mean = _mean_over_seeds(per_class, len(classes))
                 rows.append(
                     {
                         "model": name,

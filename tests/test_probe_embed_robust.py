@@ -4,6 +4,9 @@ are symlink loops, and the same exit code for the same failure across commands."
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +141,79 @@ def test_embed_of_a_folder_with_nothing_readable_fails_without_a_forward_pass(
     assert code == 1 and "none of the 300 images" in line and "lejepa inspect" in line
     assert forwarded == []
     assert not (tmp_path / "e.npz").exists()
+
+
+# ----------------------------------------------------------------------------- non-UTF-8 names
+
+
+def test_a_name_that_is_not_utf8_keeps_the_csv_valid_and_round_trips_in_npz(run, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    _image(folder / "plain.png", 60)
+    latin1 = os.fsdecode(b"caf\xe9.png")  # 0xE9 alone is not UTF-8
+    _image(folder / latin1, 120)
+    args = ["embed", run, folder, "--device", "cpu", "--workers", "0", "--out"]
+    code, _, err = _cli([*args, tmp_path / "e.csv"], capsys)
+    assert code == 0, err
+    text = (tmp_path / "e.csv").read_bytes().decode("utf-8")  # raises if not valid UTF-8
+    names = sorted(line.split(",")[0] for line in text.splitlines()[1:])
+    assert names == ["caf\\xe9.png", "plain.png"]
+    code, _, err = _cli([*args, tmp_path / "e.npz"], capsys)
+    assert code == 0, err
+    saved = sorted(np.load(tmp_path / "e.npz")["paths"].tolist())
+    assert [os.fsencode(p) for p in saved] == [b"caf\xe9.png", b"plain.png"]
+
+
+# ----------------------------------------------------------------------------- probe input
+
+
+def test_a_class_whose_images_are_all_unreadable_is_left_out_with_a_note(
+    run, labeled, tmp_path, capsys
+):
+    root = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(labeled, root)
+    for png in (root / "c").iterdir():
+        png.write_bytes(b"")  # class c: every image unreadable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning fails the test
+        code, out, err = _cli(_probe_args(run, root / "labels.csv", tmp_path / "p"), capsys)
+    assert code == 0, err
+    assert err.strip() == ""
+    assert "class 'c' was left out" in " ".join(out.split())
+    data = json.loads((tmp_path / "p" / "probe.json").read_text())
+    assert data["classes"] == ["a", "b"] and "c" not in data["val_counts"]
+
+    for png in (root / "b").iterdir():
+        png.write_bytes(b"")  # now one class is left: refused with one line, exit 1
+    code, _, err = _cli(
+        [*_probe_args(run, root / "labels.csv", tmp_path / "p"), "--overwrite"], capsys
+    )
+    assert code == 1 and "fewer than two classes" in _one_line(err)
+
+
+def test_a_symlink_loop_in_a_labels_csv_is_one_line(run, labeled, tmp_path, capsys):
+    csv = tmp_path / "labels.csv"
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    rows = [f"{labeled}/a/{i}.png,a" for i in range(3)] + ["loop.png,b"]
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    code, _, err = _cli(_probe_args(run, csv, tmp_path / "p"), capsys)
+    line = _one_line(err)
+    assert code == 2 and "loop.png" in line and "do not exist" in line
+    looped = tmp_path / "looped.csv"
+    looped.symlink_to(looped)
+    code, _, err = _cli(_probe_args(run, looped, tmp_path / "p"), capsys)
+    assert code == 2 and "link loop" in _one_line(err)
+
+
+@pytest.mark.parametrize("command", ["probe", "embed"])
+def test_negative_workers_are_refused(command, run, labeled, tmp_path, capsys):
+    if command == "probe":
+        args = _probe_args(run, labeled / "labels.csv", tmp_path / "p")
+        code, _, err = _cli(args, capsys)  # caches the features: no loader is built again
+        assert code == 0, err
+        args.append("--overwrite")
+    else:
+        args = ["embed", run, labeled, "--out", tmp_path / "e.npz", "--workers", "0"]
+    code, _, err = _cli([*args, "--workers", "-1"], capsys)
+    assert code == 2 and "--workers" in _one_line(err)
