@@ -217,3 +217,63 @@ def test_negative_workers_are_refused(command, run, labeled, tmp_path, capsys):
         args = ["embed", run, labeled, "--out", tmp_path / "e.npz", "--workers", "0"]
     code, _, err = _cli([*args, "--workers", "-1"], capsys)
     assert code == 2 and "--workers" in _one_line(err)
+
+
+# ----------------------------------------------------------------------------- exit codes
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, labeled) -> dict[str, Path]:
+    """A missing folder, an empty one, one of unreadable images with a CSV over them, a bad CSV."""
+    root = tmp_path_factory.mktemp("places")
+    (root / "empty").mkdir()
+    _zero_byte_files(root / "unreadable", 20)
+    rows = [f"unreadable/empty_{i:04d}.jpg,{'ab'[i % 2]}" for i in range(20)]
+    (root / "unreadable.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    (root / "header_only.csv").write_text("path,label\n")
+    (root / "bad.csv").write_text("file,class\na.png,x\n")
+    return {"root": root, "good": labeled}
+
+
+def _failure_args(command: str, failure: str, run: Path, p: dict, out: Path) -> list:
+    r = p["root"]
+    folder = {"missing": r / "missing", "no images": r / "empty", "unreadable": r / "unreadable"}
+    csv = {
+        "missing": r / "missing.csv",
+        "no images": r / "header_only.csv",
+        "unreadable": r / "unreadable.csv",
+        "bad CSV": r / "bad.csv",
+    }
+    tiny = [
+        "--arch", "test_resnet", "--epochs", "1", "--batch-size", "8", "--global-size", "32",
+        "--local-size", "16", "--workers", "0", "--device", "cpu", "--holdout", "0", "--quiet",
+    ]  # fmt: skip
+    if command == "inspect":
+        return ["inspect", folder[failure]]
+    if command == "embed":
+        return ["embed", run, folder[failure], "--out", out / "e.npz", "--device", "cpu"]
+    if command == "probe":
+        return _probe_args(run, csv[failure], out / "p")
+    if failure == "bad CSV":
+        return ["pretrain", p["good"], "--out", out / "r", "--labels", csv[failure], *tiny]
+    return ["pretrain", folder[failure], "--out", out / "r", *tiny]
+
+
+# (command, failure, exit code): usage mistakes 2, runtime failures 1. inspect lists unreadable
+# files as its answer (exit 0), so it has no "unreadable" case; only probe and pretrain read CSVs.
+EXIT_CODES = [
+    *[(c, "missing", 2) for c in ("inspect", "embed", "probe", "pretrain")],
+    *[(c, "no images", 2) for c in ("inspect", "embed", "probe", "pretrain")],
+    *[(c, "unreadable", 1) for c in ("embed", "probe", "pretrain")],
+    *[(c, "bad CSV", 2) for c in ("probe", "pretrain")],
+]
+
+
+@pytest.mark.parametrize(("command", "failure", "code"), EXIT_CODES)
+def test_the_same_failure_has_the_same_exit_code_in_every_command(
+    command, failure, code, run, places, tmp_path, capsys
+):
+    args = _failure_args(command, failure, run, places, tmp_path)
+    got, _, err = _cli(args, capsys)
+    _one_line(err)
+    assert got == code, err
