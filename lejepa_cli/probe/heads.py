@@ -121,25 +121,12 @@ def _fit_heads(
     heads = len(lrs)
     gen = torch.Generator().manual_seed(int(seeds[0]))
     xn = F.layer_norm(x, (dim,))  # (N, F)
-    weight = [
-        (torch.randn(dim, num_classes, generator=torch.Generator().manual_seed(int(s))) * 0.01)
-        .to(x.device)
-        .requires_grad_()
-        for s in seeds
-    ]
-    bias = [torch.zeros(num_classes, device=x.device, requires_grad=True) for _ in lrs]
+    weight, bias = _init_heads(dim, num_classes, seeds, x.device)
     groups = [{"params": [weight[g], bias[g]], "lr": lr} for g, lr in enumerate(lrs)]
     opt = torch.optim.AdamW(groups, weight_decay=WEIGHT_DECAY)
     batch = min(batch_size, n)
     steps = _steps(n, batch, epochs)
-    warmup = max(1, int(WARMUP_SHARE * steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_cosine(steps))
     order = torch.randperm(n, generator=gen).to(x.device)
     pos = 0
     with _one_thread_if_small(batch * dim, x.device):
@@ -170,6 +157,32 @@ def _fit_heads(
         "weight": torch.stack(weight).detach(),  # (G, F, C)
         "bias": torch.stack(bias).detach(),  # (G, C)
     }
+
+
+def _init_heads(
+    dim: int, num_classes: int, seeds: Sequence[int], device: torch.device
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per head: weight (F, C), drawn from its own seed, and a zero bias (C,)."""
+    weight = [
+        (torch.randn(dim, num_classes, generator=torch.Generator().manual_seed(int(s))) * 0.01)
+        .to(device)
+        .requires_grad_()
+        for s in seeds
+    ]
+    bias = [torch.zeros(num_classes, device=device, requires_grad=True) for _ in seeds]
+    return weight, bias
+
+
+def _warmup_cosine(steps: int) -> Callable[[int], float]:
+    """The learning-rate factor of a step: linear warmup over WARMUP_SHARE, then cosine to 0."""
+    warmup = max(1, int(WARMUP_SHARE * steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return factor
 
 
 def class_weights(y: torch.Tensor, num_classes: int) -> torch.Tensor:
