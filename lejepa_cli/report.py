@@ -614,6 +614,9 @@ def render_html(report: dict[str, Any], rows: list[dict[str, Any]], ranked: list
             text_columns=(0, 1),
         )
     )
+    from lejepa_cli.explore.gallery import report_gallery
+
+    out.append(report_gallery(Path(run["dir"]), best))  # "" without a recommended checkpoint
     out.append("</body></html>")
     return "\n".join(out) + "\n"
 
