@@ -292,3 +292,16 @@ def test_report_gallery_of_held_out_images(tmp_path):
     assert fragment.count('class="neighbour-gallery"') == 4
     assert len(re.findall(r'src="data:image/jpeg;base64,', fragment)) == 4 * 5
     assert report_gallery(run, None) == ""
+
+
+def test_one_pass_gives_the_same_neighbours_and_pairs():
+    rng = np.random.default_rng(6)
+    emb = rng.normal(size=(23, 5)).astype(np.float32)
+    emb[9] = emb[20]
+    units = nbrs.prepare(emb)
+    both, pairs, sims = nbrs.neighbours_and_duplicates(units, 4, 0.5, block=6)
+    alone = nbrs.top_k(units, None, 4, block=6)
+    np.testing.assert_array_equal(both.indices, alone.indices)
+    full = units.double().numpy() @ units.double().numpy().T
+    want = {(i, j) for i in range(23) for j in range(i + 1, 23) if full[i, j] > 0.5}
+    assert {tuple(p) for p in pairs.tolist()} == want and (9, 20) in want

@@ -187,8 +187,8 @@ def explore(
     if compare is not None:
         encoders.append(with_crop_pct(load_encoder(compare, compare_checkpoint), crop_pct))
     results = [
-        _embeddings(e, index, cache, batch_size, workers, dev, tick(f"embedding ({i + 1})"))
-        for i, e in enumerate(encoders)
+        _embeddings(e, index, cache, batch_size, workers, dev, tick(f"embedding {name}"))
+        for e, name in zip(encoders, ("MODEL", "MODEL2"))
     ]
     ok = np.logical_and.reduce([r[1] for r in results])
     keep = np.flatnonzero(ok)  # rows of `index` embedded (by every model)
@@ -214,9 +214,8 @@ def explore(
     picked = [where[q] for q in asked] + [int(s) for s in sample]
     qrows = np.array(list(dict.fromkeys(picked)), dtype=np.int64)  # --query first, no repeats
     galleries = [nbrs.top_k(u, qrows, k) for u in units]
-    everyone = nbrs.top_k(units[0], None, k)
+    everyone, pairs, pair_sims = nbrs.neighbours_and_duplicates(units[0], k, dup_threshold)
     density = nbrs.density(everyone)
-    pairs, pair_sims = nbrs.duplicate_pairs(units[0], dup_threshold)
     coords = emap.layout(results[0][0][keep], method, seed)
     y = label_ids[keep] if label_ids is not None else None
     accuracy = nbrs.loo_knn_accuracy(units[0], y, k, KNN_T) if y is not None else None
@@ -313,7 +312,7 @@ def _gallery_section(p, thumb, rel, qrows, galleries, names) -> str:
     for qi, q in enumerate(qrows[:MAX_PAGE_QUERIES]):
         rows = []
         for name, nb in zip(names, galleries, strict=True):
-            figs = [pg.figure(thumb(int(q)), "query", rel[q], query=True)]
+            figs = [pg.figure(thumb(int(q)), Path(rel[q]).name, rel[q], query=True)]
             for j, s in zip(
                 nb.indices[qi][:MAX_PAGE_K], nb.similarities[qi][:MAX_PAGE_K], strict=True
             ):

@@ -76,22 +76,43 @@ def duplicate_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i, j), i < j, whose cosine exceeds `threshold`: ((P, 2) int64, (P,) float32),
     most similar first; at most `max_pairs` (the most similar ones) are kept."""
-    pairs, sims = [], []
-    kept = 0
-    for start in range(0, len(units), block):
+    _, pairs, sims = neighbours_and_duplicates(units, 0, threshold, block, max_pairs)
+    return pairs, sims
+
+
+def neighbours_and_duplicates(
+    units: torch.Tensor,
+    k: int,
+    threshold: float,
+    block: int = BLOCK,
+    max_pairs: int = MAX_PAIRS,
+) -> tuple[Neighbours, np.ndarray, np.ndarray]:
+    """`top_k` of every row and `duplicate_pairs`, from one pass over the similarities."""
+    n = len(units)
+    k = max(0, min(int(k), n - 1))
+    idx_out = np.zeros((n, k), dtype=np.int64)
+    sim_out = np.zeros((n, k), dtype=np.float32)
+    pairs, sims, kept = [], [], 0
+    cols = torch.arange(n)[None, :]  # (1, N)
+    for start in range(0, n, block):
         s = units[start : start + block] @ units.T  # (B, N)
         rows = torch.arange(start, start + len(s))[:, None]  # (B, 1)
-        s[torch.arange(len(units))[None, :] <= rows] = -torch.inf  # each pair once, no self
-        i, j = torch.nonzero(s > threshold, as_tuple=True)
+        i, j = torch.nonzero((s > threshold) & (cols > rows), as_tuple=True)  # each pair once
         pairs.append(torch.stack([i + start, j], dim=1).numpy())
         sims.append(s[i, j].numpy())
         kept += len(i)
         if kept > 2 * max_pairs:  # trim as we go so a folder of copies stays bounded
             pairs, sims = _most_similar(np.concatenate(pairs), np.concatenate(sims), max_pairs)
             pairs, sims, kept = [pairs], [sims], len(sims)
+        if k:
+            s[torch.arange(len(s)), rows[:, 0]] = -torch.inf  # not its own neighbour
+            top, idx = s.topk(k, dim=1)  # (B, k)
+            idx_out[start : start + len(s)] = idx.numpy()
+            sim_out[start : start + len(s)] = top.numpy()
     if not pairs:
-        return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
-    return _most_similar(np.concatenate(pairs), np.concatenate(sims), max_pairs)
+        pairs, sims = [np.zeros((0, 2), np.int64)], [np.zeros(0, np.float32)]
+    pairs, sims = _most_similar(np.concatenate(pairs), np.concatenate(sims), max_pairs)
+    return Neighbours(idx_out, sim_out), pairs, sims
 
 
 def _most_similar(pairs: np.ndarray, sims: np.ndarray, count: int):
