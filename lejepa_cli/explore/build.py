@@ -188,7 +188,7 @@ def explore(
         encoders.append(with_crop_pct(load_encoder(compare, compare_checkpoint), crop_pct))
     results = [
         _embeddings(e, index, cache, batch_size, workers, dev, tick(f"embedding {name}"))
-        for e, name in zip(encoders, ("MODEL", "MODEL2"))
+        for e, name in zip(encoders, ("MODEL", "MODEL2")[: len(encoders)], strict=True)
     ]
     ok = np.logical_and.reduce([r[1] for r in results])
     keep = np.flatnonzero(ok)  # rows of `index` embedded (by every model)
