@@ -81,8 +81,8 @@ def _resolve_queries(index, given: Sequence[str | Path], folder: Path) -> list[i
     rows = {os.path.realpath(index.abspath(i)): i for i in range(len(index))} if given else {}
     out = []
     for q in given:
-        candidates = [Path(q), folder / q]
-        row = next((rows.get(os.path.realpath(c)) for c in candidates if c.exists()), None)
+        found = (rows.get(os.path.realpath(c)) for c in (folder / q, Path(q)) if c.exists())
+        row = next((r for r in found if r is not None), None)
         if row is None:
             raise UsageError(
                 f"--query {q} is not an image under {folder}; give a path relative to FOLDER "
