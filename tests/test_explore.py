@@ -305,3 +305,12 @@ def test_one_pass_gives_the_same_neighbours_and_pairs():
     full = units.double().numpy() @ units.double().numpy().T
     want = {(i, j) for i in range(23) for j in range(i + 1, 23) if full[i, j] > 0.5}
     assert {tuple(p) for p in pairs.tolist()} == want and (9, 20) in want
+
+
+def test_crowded_duplicates_suggest_a_higher_threshold():
+    from lejepa_cli.explore.build import crowded_note
+
+    sims = np.linspace(1.0, 0.9, 12, dtype=np.float32)
+    assert crowded_note(10, 10, sims[:10]) is None
+    note = crowded_note(12, 10, sims)
+    assert "raise --dup-threshold" in note and f"{sims[9]:.4f}" in note

@@ -124,6 +124,8 @@ def explore(
     )
     if result.knn_accuracy is not None:
         console.print(f"leave-one-out kNN accuracy of the labels: {result.knn_accuracy:.1%}")
+    if result.note:
+        console.print(f"[yellow]{escape(result.note)}[/yellow]")
     if result.skipped:
         first = escape(", ".join(list(result.skipped)[:3]))
         more = ", ..." if len(result.skipped) > 3 else ""

@@ -53,6 +53,7 @@ class ExploreResult:
     duplicates: int
     skipped: dict[str, str] = field(default_factory=dict)  # relative path -> reason
     knn_accuracy: float | None = None
+    note: str | None = None  # what to change, when near-duplicates crowd the page
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -280,7 +281,7 @@ def explore(
     maps = patch_maps(encoders[0], [absp[i] for i in patch_rows], dev)
     patch_html = _patch_section(p, thumb, rel, patch_rows, maps, ids, rgb_uri)
     p.sections.append(_map_section(p, thumb, rel, coords, y, classes, accuracy, method, seed))
-    p.sections.append(_duplicates_section(thumb, rel, pairs, pair_sims, dup_threshold))
+    p.sections.append(_duplicates_section(thumb, rel, pairs, pair_sims, dup_threshold, n))
     p.sections.append(_outliers_section(thumb, rel, order, density, k))
     p.sections.append(patch_html)
     page_file = out_dir / PAGE
@@ -295,6 +296,7 @@ def explore(
         duplicates=len(pairs),
         skipped=skipped,
         knn_accuracy=accuracy,
+        note=crowded_note(len(pairs), n, pair_sims),
     )
 
 
@@ -374,7 +376,19 @@ def _map_section(p, thumb, rel, coords, y, classes, accuracy, method, seed) -> s
     return text + pg.scatter(list(zip(sx, sy, strict=True)), colours, thumbed)
 
 
-def _duplicates_section(thumb, rel, pairs, sims, threshold) -> str:
+def crowded_note(pairs: int, images: int, sims: np.ndarray) -> str | None:
+    """A hint when the threshold lets through more pairs than there are images: the model
+    places many distinct images that close, and only a higher threshold isolates copies."""
+    if pairs <= images:
+        return None
+    return (
+        f"{pairs:,} pairs for {images:,} images: this model puts many distinct images this "
+        f"close; raise --dup-threshold (the {images:,}th most similar pair scores "
+        f"{sims[images - 1]:.4f})"
+    )
+
+
+def _duplicates_section(thumb, rel, pairs, sims, threshold, images) -> str:
     from lejepa_cli.explore import page as pg
 
     items = "".join(
@@ -383,11 +397,13 @@ def _duplicates_section(thumb, rel, pairs, sims, threshold) -> str:
         for (i, j), s in zip(pairs[:MAX_PAGE_DUPLICATES], sims[:MAX_PAGE_DUPLICATES], strict=True)
     )
     shown = min(len(pairs), MAX_PAGE_DUPLICATES)
+    note = crowded_note(len(pairs), images, sims)
     return (
         '<h2 id="duplicates">Near-duplicates</h2>'
         f'<p class="sub">{len(pairs)} pairs with similarity above {threshold:g}'
         + (f", the {shown} most similar shown" if shown < len(pairs) else "")
         + "; duplicates.csv has them all.</p>"
+        + (f'<p class="sub">{html.escape(note)}.</p>' if note else "")
         + (f'<div class="pairs">{items}</div>' if items else "")
     )
 
