@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from explore_images import plant_copies, scene, write_scenes
 from helpers_runs import make_run
 from PIL import Image
@@ -288,7 +289,9 @@ def test_report_gallery_of_held_out_images(tmp_path):
     missing = report_gallery(run, "epoch-0002")
     assert "skipped" in missing or "not available" in missing
     write_scenes(tmp_path / "images", 30)
+    rng_before = torch.get_rng_state()
     fragment = report_gallery(run, "epoch-0002")
+    assert torch.equal(torch.get_rng_state(), rng_before), "the report must not move training's RNG"
     assert fragment.count('class="neighbour-gallery"') == 4
     assert len(re.findall(r'src="data:image/jpeg;base64,', fragment)) == 4 * 5
     assert report_gallery(run, None) == ""

@@ -383,8 +383,8 @@ def crowded_note(pairs: int, images: int, sims: np.ndarray) -> str | None:
         return None
     return (
         f"{pairs:,} pairs for {images:,} images: this model puts many distinct images this "
-        f"close; raise --dup-threshold (the {images:,}th most similar pair scores "
-        f"{sims[images - 1]:.4f})"
+        f"close; raise --dup-threshold (the {images:,} most similar pairs score "
+        f"{sims[images - 1]:.4f} or more)"
     )
 
 
@@ -427,7 +427,10 @@ def _patch_section(p, thumb, rel, rows, maps, ids, rgb_uri) -> str:
 
     head = '<h2 id="patches">Patch maps</h2>'
     if maps is None:
-        return head + '<p class="sub">This backbone has no spatial feature map to draw.</p>'
+        return head + (
+            '<p class="sub">None: at this input size the backbone\'s last features are not a '
+            "grid of several positions (a CNN whose last map is 1 x 1, or no patch tokens).</p>"
+        )
     figs = "".join(
         '<div class="pair">'
         + pg.figure(thumb(int(i)), rel[i], rel[i])

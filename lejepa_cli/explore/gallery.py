@@ -26,8 +26,12 @@ def report_gallery(run_dir: str | Path, checkpoint: str | None) -> str:
     head = "<h2>Neighbour gallery (held-out images)</h2>"
     if not checkpoint:
         return ""
+    import torch
+
     try:
-        rows = _gallery_rows(Path(run_dir), checkpoint)
+        # building the model to load its weights draws random init: training's stream stays as is
+        with torch.random.fork_rng(devices=[]):
+            rows = _gallery_rows(Path(run_dir), checkpoint)
     except _Skip as exc:
         return f"{head}<p class='sub'>{html.escape(str(exc))}</p>"
     except (OSError, ValueError, LejepaError) as exc:  # images moved, checkpoint gone
