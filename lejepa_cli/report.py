@@ -419,9 +419,16 @@ def render_html(report: dict[str, Any], rows: list[dict[str, Any]], ranked: list
         *_correlation_html(report.get("correlation"), report["checkpoints"], ranked),
         *_scoring_html(report["selection"]),
         *_config_html(report["config"]),
+        _gallery_html(report, best),
         "</body></html>",
     ]
     return "\n".join(out) + "\n"
+
+
+def _gallery_html(report: dict[str, Any], best: str | None) -> str:
+    from lejepa_cli.explore.gallery import report_gallery
+
+    return report_gallery(Path(report["run"]["dir"]), best)  # "" without a recommended checkpoint
 
 
 def _html_head(report: dict[str, Any]) -> list[str]:
