@@ -86,6 +86,10 @@ class PretrainConfig:
     log_every: int = 1  # steps between metrics.jsonl lines
     holdout: int | str = AUTO  # images kept out of training for the label-free score
     labels: str | None = None  # optional labels CSV: probe each kept checkpoint in the report
+    log_to: list[str] = field(
+        default_factory=list
+    )  # experiment trackers: tensorboard, mlflow, wandb
+    mlflow_uri: str | None = None  # MLflow tracking URI; default: a SQLite store inside the run
     version: str = __version__
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,8 +105,19 @@ class PretrainConfig:
 # Keys that do not change what is computed: a resume may change them freely.
 # `out` is where the run lives now: a run moved or copied elsewhere resumes there.
 RUNTIME_KEYS = frozenset(
-    {"out", "workers", "device", "max_steps", "log_every", "compile", "version"}
+    {
+        "out",
+        "workers",
+        "device",
+        "max_steps",
+        "log_every",
+        "compile",
+        "version",
+        "log_to",
+        "mlflow_uri",
+    }
 )
+TRACKER_NAMES = ("tensorboard", "mlflow", "wandb")  # lejepa_cli.trackers.TRACKERS, without imports
 
 _FIELDS = {f.name: f for f in fields(PretrainConfig)}
 
@@ -166,10 +181,27 @@ _BOOL_WORDS = {w: True for w in ("1", "true", "yes", "on")} | {
 }
 
 
+def _coerce_log_to(value: Any) -> list[str]:
+    """`--log-to` names (repeatable, or comma-separated) or a run.yaml list, each a known tracker,
+    in order and without repeats."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise UsageError(f"log_to must be a list of tracker names, got {short_repr(value)}")
+    names = [n.strip().lower() for item in items for n in str(item).split(",") if n.strip()]
+    for name in names:
+        if name not in TRACKER_NAMES:
+            raise UsageError(
+                f"--log-to {name!r} is not a tracker; choose from {', '.join(TRACKER_NAMES)}"
+            )
+    return list(dict.fromkeys(names))
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Type-check one value against the field's annotation, accepting 'auto' where allowed."""
     if name == "augment":
         return _coerce_augment(value if value is not None else {})
+    if name == "log_to":
+        return _coerce_log_to(value if value is not None else [])
     default = _FIELDS[name].default
     annotation = str(_FIELDS[name].type)
     if value is None:

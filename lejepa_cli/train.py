@@ -58,6 +58,8 @@ from lejepa_cli.model import (
 )
 from lejepa_cli.objective import lejepa_loss
 from lejepa_cli.progress import QuietReporter
+from lejepa_cli.trackers import build_trackers
+from lejepa_cli.training.callbacks import Callbacks, CheckpointInfo, RunContext
 
 METRICS = "metrics.jsonl"
 # Set LEJEPA_TRACE_DIR to a folder to record, per rank and step, the sample indices and a
@@ -616,6 +618,8 @@ def pretrain(
     started = time.time()
     cfg, changes = resolve_config(overrides, resume, force)
     check_arch(cfg.arch)  # before any slow work: a typo should fail in a second
+    # A tracker whose library is missing fails here, before any slow work, too.
+    callbacks = Callbacks(build_trackers(cfg.log_to, Path(cfg.out), mlflow_uri=cfg.mlflow_uri))
     if cfg.labels:
         from lejepa_cli.probe import check_labels
 
@@ -629,6 +633,7 @@ def pretrain(
     reporter = reporter if (reporter is not None and dist.is_main) else QuietReporter()
     run_dir = Path(cfg.out)
     runlog: _RunLog | None = None
+    end_step: int | None = None  # set once the trackers have started: on_end is then owed
     try:
         prepare_run_dir(run_dir, resume, overwrite)
         if overwrite:
@@ -786,6 +791,12 @@ def pretrain(
                     run_dir, name, model.state_dict(), state, meta, before_rename=checkpoint_hook
                 )
                 runlog.log(f"checkpoint {name} written (step {step})")
+                kept = name.startswith("epoch-") and (
+                    epoch_done % keep_every == 0 or epoch_done == cfg.epochs
+                )
+                callbacks.on_checkpoint(
+                    CheckpointInfo(name, path, step, epoch_done, dict(train_means), kept)
+                )
             distributed.barrier()
             return path
 
@@ -796,6 +807,18 @@ def pretrain(
         last_ckpt: Path | None = checkpoint.last(run_dir) if resume else None
         last_loss: float | None = None
         reporter.start(total_steps, start_step, steps_per_epoch)
+        callbacks.on_start(
+            RunContext(
+                run_dir=run_dir,
+                config=cfg.to_dict(),
+                start_step=start_step,
+                total_steps=total_steps,
+                steps_per_epoch=steps_per_epoch,
+                resumed=resume,
+                is_main=dist.is_main,
+            )
+        )
+        end_step = start_step
         stop_reason = ""
         with _StopFlag() as stop:
             for epoch in range(start_epoch, cfg.epochs):
@@ -847,9 +870,12 @@ def pretrain(
                         "data_wait": waited / max(1e-9, waited + computed),
                         "time": round(time.time() - started, 3),
                     }
-                    if step % cfg.log_every == 0 or step == total_steps:
+                    logged = step % cfg.log_every == 0 or step == total_steps
+                    if logged:
                         runlog.metrics(row)
                     reporter.update(row)
+                    callbacks.on_step(row, logged)
+                    end_step = step
                     interrupted = _any_rank(bool(stop.signum), device, dist)
                     at_limit = cfg.max_steps is not None and step >= cfg.max_steps
                     if interrupted or (at_limit and step % steps_per_epoch):
@@ -878,6 +904,8 @@ def pretrain(
                         scores = after_checkpoint(
                             run_dir, last_ckpt, model, holdout_index, cfg, spec, device
                         )
+                        if scores:
+                            callbacks.on_score(last_ckpt.name, step, scores)
                         line = _score_line(last_ckpt.name, scores) if scores else None
                         if line:
                             message(line)
@@ -889,6 +917,8 @@ def pretrain(
             runlog.write_skipped()
             write_report(run_dir)
         runlog.log(f"stopped at step {step} ({stop_reason or 'finished'})")
+        callbacks.on_end(step, stop_reason or "finished")  # after the report: trackers attach it
+        callbacks = None
         if stop_reason == "signal":
             raise Interrupted(
                 f"stopped by signal at step {step}; checkpoint {last_ckpt.name if last_ckpt else '-'} "
@@ -912,6 +942,8 @@ def pretrain(
             runlog.log(f"error: {exc}")
         raise
     finally:
+        if callbacks is not None and end_step is not None:  # an error ended the run
+            callbacks.on_end(end_step, "error")
         reporter.close()  # stop a live progress bar before the error line is printed
         if runlog is not None:
             runlog.close()

@@ -97,6 +97,17 @@ def pretrain(
     labels: Path | None = typer.Option(
         None, help="Optional CSV (path,label): probe each kept checkpoint in the report."
     ),
+    log_to: list[str] | None = typer.Option(
+        None,
+        "--log-to",
+        metavar="TRACKER",
+        help="Also log the curves, held-out scores and config to tensorboard (RUN/tensorboard), "
+        "mlflow (a SQLite store in RUN, or --mlflow-uri) or wandb (offline in RUN/wandb unless "
+        "logged in); repeatable. Each needs its extra: pip install 'lejepa-cli[tensorboard]'.",
+    ),
+    mlflow_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI for --log-to mlflow (a server, or a database)."
+    ),
     config_file: Path | None = typer.Option(
         None, "--config", help="YAML file whose keys mirror these flags (flags win)."
     ),
@@ -149,6 +160,8 @@ def pretrain(
         "log_every": log_every,
         "holdout": holdout,
         "labels": str(labels) if labels else None,
+        "log_to": log_to or None,
+        "mlflow_uri": mlflow_uri,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     every = overrides.get("log_every", 1)  # a bad value is refused with the rest of the config

@@ -123,7 +123,11 @@ class Tracker(Callback):
             self._log_new(int(row["step"]), train_metrics(row))
 
     def on_score(self, name: str, step: int, scores: dict[str, Any]) -> None:
-        self._log_new(int(step), score_metrics(scores))
+        # Always logged: a checkpoint is scored once, and the one a kill caught between its
+        # write and its score is scored on resume, at a step the tracker already holds rows for.
+        metrics = score_metrics(scores)
+        if self._active and metrics:
+            self.log(int(step), metrics)
 
     def on_end(self, step: int, reason: str) -> None:
         if self._active:
