@@ -51,7 +51,7 @@ def explore(
     map_method: str = typer.Option(
         "auto",
         "--map",
-        help="pca, umap (needs pip install 'lejepa-cli[explore]'), or auto: umap when installed.",
+        help="pca, umap (needs pip install 'lejepa-cli\\[explore]'), or auto: umap when installed.",
     ),
     labels: Path | None = typer.Option(
         None,

@@ -103,7 +103,7 @@ def pretrain(
         metavar="TRACKER",
         help="Also log the curves, held-out scores and config to tensorboard (RUN/tensorboard), "
         "mlflow (a SQLite store in RUN, or --mlflow-uri) or wandb (offline in RUN/wandb unless "
-        "logged in); repeatable. Each needs its extra: pip install 'lejepa-cli[tensorboard]'.",
+        "logged in); repeatable. Each needs its extra: pip install 'lejepa-cli\\[tensorboard]'.",
     ),
     mlflow_uri: str | None = typer.Option(
         None, help="MLflow tracking URI for --log-to mlflow (a server, or a database)."
