@@ -101,6 +101,9 @@ class Tracker(Callback):
         self.run_dir = Path(run_dir)
         self._active = False
         self._logged_through = 0
+        # Steps whose held-out score the tracker already holds, when `open` can tell (a kill can
+        # lose a score logged before rows the tracker kept); None: judge by `_logged_through`.
+        self.held_scores: set[int] | None = None
 
     def open(self, ctx: RunContext) -> int:
         raise NotImplementedError
@@ -126,7 +129,7 @@ class Tracker(Callback):
         # Always logged: a checkpoint is scored once, and the one a kill caught between its
         # write and its score is scored on resume, at a step the tracker already holds rows for.
         metrics = score_metrics(scores)
-        if self._active and metrics:
+        if self._active and metrics and int(step) not in (self.held_scores or ()):
             self.log(int(step), metrics)
 
     def on_end(self, step: int, reason: str) -> None:
@@ -143,8 +146,19 @@ class Tracker(Callback):
         from lejepa_cli.report import read_metrics
         from lejepa_cli.selection import read_history
 
-        events = [(r["step"], train_metrics(r)) for r in read_metrics(self.run_dir)]
-        events += [(s.get("step"), score_metrics(s)) for s in read_history(self.run_dir)]
-        events = [e for e in events if isinstance(e[0], int) and e[0] <= start_step]
+        rows = [(r["step"], train_metrics(r)) for r in read_metrics(self.run_dir)]
+        scores = [(s.get("step"), score_metrics(s)) for s in read_history(self.run_dir)]
+        events = [
+            (t, m) for t, m in rows if isinstance(t, int) and self._logged_through < t <= start_step
+        ]
+        for step, metrics in scores:
+            if isinstance(step, int) and step <= start_step and not self._holds_score(step):
+                events.append((step, metrics))
         for step, metrics in sorted(events, key=itemgetter(0)):
-            self._log_new(step, metrics)
+            if self._active and metrics:
+                self.log(step, metrics)
+
+    def _holds_score(self, step: int) -> bool:
+        if self.held_scores is not None:
+            return step in self.held_scores
+        return step <= self._logged_through

@@ -83,9 +83,15 @@ class MlflowTracker(Tracker):
             self.client.log_batch(self.run_id, params=new[i : i + PARAMS_PER_BATCH])
 
     def _last_step(self) -> int:
+        """The last step the run holds; also which held-out scores it holds (`held_scores`)."""
         keys = self.client.get_run(self.run_id).data.metrics
-        steps = [m.step for k in keys for m in self.client.get_metric_history(self.run_id, k)]
-        return max(steps, default=0)
+        history = {
+            k: [m.step for m in self.client.get_metric_history(self.run_id, k)] for k in keys
+        }
+        self.held_scores = {
+            s for k, steps in history.items() if k.startswith("holdout/") for s in steps
+        }
+        return max((s for steps in history.values() for s in steps), default=0)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         from mlflow.entities import Metric

@@ -73,11 +73,6 @@ def history(path: Path) -> Iterator[dict]:
             }
 
 
-def _offline_last_step(run_dir: Path, run_id: str) -> int:
-    steps = [row.get("step", 0) for p in run_files(run_dir, run_id) for row in history(p)]
-    return int(max(steps, default=0))
-
-
 class WandbTracker(Tracker):
     """Metrics against a `step` axis (held-out scores may arrive after later rows), the config
     as the W&B config.
@@ -111,7 +106,14 @@ class WandbTracker(Tracker):
         if not state:
             return 0
         online = int(self.run.summary.get("step") or 0)
-        return max(online, _offline_last_step(self.run_dir, self.run.id))
+        rows = [row for path in run_files(self.run_dir, self.run.id) for row in history(path)]
+        if not online:  # offline, its own logs tell which held-out scores survived a kill
+            self.held_scores = {
+                int(row.get("step", 0))
+                for row in rows
+                if any(k.startswith("holdout/") for k in row)
+            }
+        return int(max([online] + [row.get("step", 0) for row in rows]))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log({"step": step, **metrics})
