@@ -137,7 +137,7 @@ class LeJEPAModel(nn.Module):
         self.projector = Projector(backbone.num_features, hidden_dim, out_dim)
         self.channels_last = False  # set on CUDA, where convolutions run faster in NHWC
 
-    def embed(self, views: torch.Tensor) -> torch.Tensor:
+    def project(self, views: torch.Tensor) -> torch.Tensor:
         """views (V, B, 3, H, W) -> projector outputs (V, B, K)."""
         v, b = views.shape[:2]
         x = views.flatten(0, 1)  # (V*B, 3, H, W)
@@ -150,12 +150,8 @@ class LeJEPAModel(nn.Module):
         self, global_views: torch.Tensor, local_views: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (global_z (Vg, B, K), all_z (V, B, K)), globals first in all_z."""
-        global_z = self.embed(global_views)  # (Vg, B, K)
+        global_z = self.project(global_views)  # (Vg, B, K)
         if local_views is None or local_views.shape[0] == 0:
             return global_z, global_z
-        local_z = self.embed(local_views)  # (Vl, B, K)
+        local_z = self.project(local_views)  # (Vl, B, K)
         return global_z, torch.cat([global_z, local_z], dim=0)  # (V, B, K)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
