@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from lejepa_cli import __version__
-from lejepa_cli.errors import UsageError
+from lejepa_cli.errors import UsageError, short_repr
 
 AUTO = "auto"
 MAX_SIZE = 4096  # pixels per side of a view
@@ -321,16 +321,6 @@ def augment_kwargs(augment: dict[str, Any]) -> dict[str, Any]:
     """A config's augment mapping as MultiCropConfig keyword arguments (pairs as tuples)."""
     full = {**AUGMENT_DEFAULTS, **augment}
     return {k: tuple(v) if k in _AUGMENT_PAIRS else v for k, v in full.items()}
-
-
-def short_repr(value: Any) -> str:
-    """A value for an error line, cut short: a YAML file can hold a structure of any size."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
-    text = r.repr(value)
-    return text if len(text) <= 100 else text[:99] + "…"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -63,3 +63,13 @@ class Interrupted(LejepaError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+def short_repr(value: object) -> str:
+    """A value for an error line, cut short: a YAML file can hold a structure of any size."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxtuple, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, 4, 60, 60
+    text = r.repr(value)
+    return text if len(text) <= 100 else text[:99] + "…"

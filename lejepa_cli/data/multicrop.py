@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lejepa_cli.errors import UsageError
+from lejepa_cli.errors import UsageError, short_repr
 
 _BILINEAR = Image.Resampling.BILINEAR
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's rgb_to_grayscale
@@ -85,8 +85,6 @@ class MultiCropConfig:
                     raise TypeError
                 pair = (float(value[0]), float(value[1]))
             except (TypeError, ValueError, OverflowError):
-                from lejepa_cli.config import short_repr
-
                 raise UsageError(
                     f"{name} must be two numbers (low, high), got {short_repr(value)}"
                 ) from None
