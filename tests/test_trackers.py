@@ -15,6 +15,7 @@ from helpers_trackers import (
     expected_metrics,
     mlflow_run,
     read_back,
+    row,
     wandb_config,
 )
 
@@ -163,3 +164,23 @@ def test_flat_config_and_state_file_name():
         "d": "null",
     }
     assert STATE_FILE == "trackers.json"
+
+
+def test_a_failing_tracker_stops_itself_and_training_goes_on(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    (tracker,) = build_trackers(["tensorboard"], tmp_path)
+    tracker.on_start(RunContext(tmp_path, CONFIG, 0, 10, 4, resumed=False, is_main=True))
+    calls = []
+
+    def broken(*args, **kwargs):  # the library, not the tracker: a disk or server gone away
+        calls.append(args)
+        raise OSError("No space left on device")
+
+    tracker.writer.add_scalar = broken
+    for step in (1, 2, 3):
+        tracker.on_step(row(step), logged=True)  # raises nothing
+    tracker.on_end(3, "finished")
+    err = capsys.readouterr().err
+    assert len(calls) == 1  # stopped after the first failure
+    assert "--log-to tensorboard stopped at step 1 (No space left on device)" in err
+    assert err.count("\n") == 1

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from helpers_trackers import expected_metrics, read_back
-from test_train import TINY, images, run_cli  # noqa: F401  (images is a fixture)
+from test_train import TINY, make_images, run_cli
 
 from lejepa_cli.config import PretrainConfig, build
 from lejepa_cli.errors import UsageError
@@ -33,6 +33,11 @@ pretrain(args, checkpoint_hook=hook)
 """
 
 
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("data") / "images")
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -44,7 +49,7 @@ def _key(name: str) -> str:
     return name.replace(".", "/")
 
 
-def test_trackers_hold_every_step_once_across_a_kill_and_resume(images, tmp_path):  # noqa: F811
+def test_trackers_hold_every_step_once_across_a_kill_and_resume(images, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-c", KILL_DURING_WRITE, str(images), str(run)],
@@ -79,7 +84,7 @@ def test_log_to_is_validated_and_a_resume_may_change_it():
 
 def test_a_missing_tracker_library_is_one_line_before_any_work(
     images, tmp_path, capsys, monkeypatch
-):  # noqa: F811
+):
     import importlib.util
 
     real = importlib.util.find_spec

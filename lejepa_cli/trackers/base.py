@@ -130,16 +130,28 @@ class Tracker(Callback):
         # write and its score is scored on resume, at a step the tracker already holds rows for.
         metrics = score_metrics(scores)
         if self._active and metrics and int(step) not in (self.held_scores or ()):
-            self.log(int(step), metrics)
+            self._send(int(step), metrics)
 
     def on_end(self, step: int, reason: str) -> None:
         if self._active:
             self._active = False
-            self.close(step, reason)
+            try:
+                self.close(step, reason)
+            except Exception as exc:  # the run's own files are complete: say so, do not fail
+                _warn(f"--log-to {self.name} could not close its run ({exc})")
 
     def _log_new(self, step: int, metrics: dict[str, float]) -> None:
         if self._active and metrics and step > self._logged_through:
+            self._send(step, metrics)
+
+    def _send(self, step: int, metrics: dict[str, float]) -> None:
+        """Log, or stop this tracker for the rest of the run: a tracking server that goes away
+        must not end a long training run (metrics.jsonl keeps every value)."""
+        try:
             self.log(step, metrics)
+        except Exception as exc:
+            self._active = False
+            _warn(f"--log-to {self.name} stopped at step {step} ({exc}); training goes on")
 
     def _backfill(self, start_step: int) -> None:
         """Log the recorded rows and scores after the tracker's last step, up to `start_step`."""
@@ -156,9 +168,15 @@ class Tracker(Callback):
                 events.append((step, metrics))
         for step, metrics in sorted(events, key=itemgetter(0)):
             if self._active and metrics:
-                self.log(step, metrics)
+                self._send(step, metrics)
 
     def _holds_score(self, step: int) -> bool:
         if self.held_scores is not None:
             return step in self.held_scores
         return step <= self._logged_through
+
+
+def _warn(text: str) -> None:
+    import sys
+
+    sys.stderr.write(f"warning: {' '.join(text.split())}\n")
