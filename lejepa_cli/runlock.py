@@ -31,10 +31,24 @@ def _holder(path: Path) -> str:
         for line in path.read_text(encoding="utf-8").splitlines():
             key, _, value = line.partition(" ")
             info[key] = value.strip()
-    if "pid" not in info:
+    if "pid" not in info or not _may_be_alive(info["pid"], info.get("host", "")):
         return "another process (it has not written its details yet)"
     since = f", since {info['since']}" if info.get("since") else ""
     return f"PID {info['pid']} on {info.get('host', '?')}{since}"
+
+
+def _may_be_alive(pid: str, host: str) -> bool:
+    """False when the file names a process of this host that no longer runs (details left by
+    an earlier holder, before the current one wrote its own)."""
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 class RunLock:
@@ -49,9 +63,14 @@ class RunLock:
         return self._fd is not None
 
     def acquire(self, create: bool = True) -> bool:
-        """Take the lock; False (and nothing written) when the file is absent and `create` is
-        off. Raises RunLocked naming the holder when another process has it."""
+        """Take the lock and, with `create`, write this process's details into the file.
+
+        Without `create` nothing is written: the lock is taken only if the file exists (False
+        otherwise), so that a command refused later leaves the run directory as it was. Raises
+        RunLocked naming the holder when another process has it."""
         if self._fd is not None:
+            if create:
+                self._write_holder()
             return True
         flags = os.O_RDWR | (os.O_CREAT if create else 0)
         try:
@@ -74,11 +93,15 @@ class RunLock:
             os.close(fd)
             return False
         self._fd = fd
+        if create:
+            self._write_holder()
+        return True
+
+    def _write_holder(self) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         text = f"pid {os.getpid()}\nhost {socket.gethostname()}\nsince {stamp}\n"
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, text.encode("utf-8"), 0)
-        return True
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, text.encode("utf-8"), 0)
 
     def release(self) -> None:
         """Drop the lock (the file stays: removing it could let two processes lock two files)."""

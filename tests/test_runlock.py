@@ -76,3 +76,13 @@ def test_release_lets_another_process_take_it(tmp_path):
     time.sleep(0.05)
     assert subprocess.run(probe, capture_output=True).returncode == 0
     assert Path(tmp_path / LOCK_FILE).is_file()
+
+
+def test_a_probe_without_create_writes_nothing_into_an_existing_file(tmp_path):
+    (tmp_path / LOCK_FILE).write_text("pid 1\nhost elsewhere\n")
+    lock = RunLock(tmp_path)
+    assert lock.acquire(create=False)
+    assert (tmp_path / LOCK_FILE).read_text() == "pid 1\nhost elsewhere\n"
+    assert lock.acquire()  # now the run goes ahead: this process's details
+    assert f"pid {os.getpid()}\n" in (tmp_path / LOCK_FILE).read_text()
+    lock.release()
