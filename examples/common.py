@@ -629,6 +629,7 @@ def pipeline(
             "--seeds", str(probe_seeds),
             "--baseline", "random",
             "--out", probe_dir,
+            "--overwrite",  # an earlier probe with other settings is out of date
             *(["--balanced"] if balanced else []),
         )  # fmt: skip
     export_dir = run_dir.with_name(run_dir.name + "-encoder")

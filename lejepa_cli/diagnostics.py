@@ -9,7 +9,8 @@ known cases and reused on any embedding:
   over many directions, a collapsed one over very few.
 - `spread`: per-dimension standard deviations summarised (min / median / max and the fraction of
   dimensions that are practically dead), plus the spread relative to the embeddings' size.
-- `collapse_warnings`: plain sentences for the report when either says the model collapsed.
+- `collapse_warnings`: plain sentences for the report when either says the model collapsed;
+  `holdout_notes`: why dimensional collapse was not judged (fewer samples than can show it).
 - `rankdata` / `spearman`: Spearman's rank correlation with average ranks for ties.
 """
 
@@ -29,6 +30,10 @@ RANK_FRACTION = 0.02
 MIN_RANK = 2.0
 # More than this fraction of dead dimensions is worth a warning of its own.
 DEAD_FRACTION_WARN = 0.5
+# N samples span at most N - 1 directions, so fewer samples than dimensions cap the effective
+# rank by the sample count, not by the model: dimensional collapse is judged only on more
+# samples than min(D, this many). A constant output is judged on any number.
+MIN_RANK_SAMPLES = 64
 
 
 def _as_matrix(x: np.ndarray) -> np.ndarray:
@@ -79,31 +84,56 @@ def spread(x: np.ndarray) -> dict[str, float]:
 
 
 def summarize(x: np.ndarray) -> dict[str, float | int | bool | list[str]]:
-    """effective_rank, its ceiling min(N, D), the spread summary and collapse warnings of x (N, D)."""
+    """effective_rank, its ceiling min(N, D), the spread summary, collapse warnings and notes
+    (why collapse was not judged) of x (N, D)."""
     x = _as_matrix(x)
     rank = effective_rank(x)
     stats = spread(x)
     ceiling = min(x.shape)
-    warnings = collapse_warnings(rank, ceiling, stats)
+    warnings = collapse_warnings(rank, ceiling, stats, num_samples=x.shape[0], dim=x.shape[1])
     return {
         "num_samples": int(x.shape[0]),
         "dim": int(x.shape[1]),
         "effective_rank": rank,
         "max_rank": int(ceiling),
         **stats,
-        "collapsed": is_collapsed(rank, ceiling, stats),
+        "collapsed": is_collapsed(rank, ceiling, stats, x.shape[0], x.shape[1]),
         "warnings": warnings,
+        "notes": holdout_notes(int(x.shape[0]), int(x.shape[1])),
     }
 
 
-def is_collapsed(rank: float, ceiling: int, stats: dict[str, float]) -> bool:
-    """Whether the embeddings are constant, or their effective rank is tiny for min(N, D)."""
+def rank_judgeable(num_samples: int | None, dim: int | None) -> bool:
+    """Whether num_samples embeddings of `dim` dimensions can show dimensional collapse: the
+    samples must outnumber min(dim, MIN_RANK_SAMPLES). Unknown counts are judged."""
+    if num_samples is None or dim is None:
+        return True
+    return num_samples > min(dim, MIN_RANK_SAMPLES)
+
+
+def is_collapsed(
+    rank: float,
+    ceiling: int,
+    stats: dict[str, float],
+    num_samples: int | None = None,
+    dim: int | None = None,
+) -> bool:
+    """Whether the embeddings are constant, or their effective rank is tiny for min(N, D) on
+    enough samples to tell (see `rank_judgeable`)."""
     if stats["relative_spread"] < CONSTANT_RATIO:
         return True
+    if not rank_judgeable(num_samples, dim):
+        return False
     return rank < max(MIN_RANK, RANK_FRACTION * ceiling)
 
 
-def collapse_warnings(rank: float, ceiling: int, stats: dict[str, float]) -> list[str]:
+def collapse_warnings(
+    rank: float,
+    ceiling: int,
+    stats: dict[str, float],
+    num_samples: int | None = None,
+    dim: int | None = None,
+) -> list[str]:
     """Plain sentences for the report; empty when nothing looks wrong."""
     out = []
     if stats["relative_spread"] < CONSTANT_RATIO:
@@ -111,7 +141,7 @@ def collapse_warnings(rank: float, ceiling: int, stats: dict[str, float]) -> lis
             "collapse: the embeddings are constant across images (spread "
             f"{stats['relative_spread']:.1e} of their size); this checkpoint learned nothing usable"
         )
-    elif rank < max(MIN_RANK, RANK_FRACTION * ceiling):
+    elif rank_judgeable(num_samples, dim) and rank < max(MIN_RANK, RANK_FRACTION * ceiling):
         out.append(
             f"dimensional collapse: effective rank {rank:.2f} out of at most {ceiling}; "
             "the embeddings use very few directions (try a larger --lam)"
@@ -122,6 +152,19 @@ def collapse_warnings(rank: float, ceiling: int, stats: dict[str, float]) -> lis
             f"(std below {DEAD_DIM_RATIO:g} of the largest)"
         )
     return out
+
+
+def holdout_notes(num_samples: int, dim: int) -> list[str]:
+    """Why dimensional collapse was not judged, when it was not (too few samples to show it)."""
+    if rank_judgeable(num_samples, dim):
+        return []
+    need = min(dim, MIN_RANK_SAMPLES) + 1
+    return [
+        f"the holdout of {num_samples} images is too small to judge dimensional collapse of "
+        f"{dim}-dimensional embeddings ({num_samples} images span at most "
+        f"{max(num_samples - 1, 0)} directions); hold out at least {need} images (--holdout) "
+        "to judge it"
+    ]
 
 
 def rankdata(values: np.ndarray) -> np.ndarray:

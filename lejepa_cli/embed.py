@@ -3,6 +3,11 @@
 Output by suffix: `.npz` (arrays `embeddings` float32 (N, F) and `paths`, relative to the folder),
 `.csv` (a `path` column and one column per dimension) or `.parquet` (the same columns; needs
 pyarrow). Unreadable images are skipped and counted.
+
+A file name that is not valid UTF-8 is kept exactly in `.npz` (its undecodable bytes as the
+surrogate code points Python gives them, so `os.fsencode(path)` returns the name's bytes); `.csv`
+and `.parquet` are UTF-8 text, so there such a byte is written as a backslash escape (`caf\\xe9.png`
+for the Latin-1 byte 0xE9), which keeps the file valid UTF-8 and tells the names apart.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from lejepa_cli.errors import DataError, UsageError
+from lejepa_cli.errors import DataError, UnreadableDataError, UsageError
 
 SUFFIXES = (".npz", ".csv", ".parquet")
 
@@ -62,6 +67,11 @@ def _columns(dim: int) -> list[str]:
     return [f"e{i}" for i in range(dim)]
 
 
+def text_names(paths: list[str]) -> list[str]:
+    """Paths as valid UTF-8 text: a byte of a name that is not UTF-8 becomes `\\xNN`."""
+    return [os.fsencode(p).decode("utf-8", "backslashreplace") for p in paths]
+
+
 def write_embeddings(out_file: Path, embeddings: np.ndarray, paths: list[str]) -> None:
     """Write (N, F) embeddings and their paths, atomically, in the format the suffix names."""
     suffix = check_output(out_file)
@@ -73,20 +83,17 @@ def write_embeddings(out_file: Path, embeddings: np.ndarray, paths: list[str]) -
             with open(tmp, "wb") as f:
                 np.savez(f, embeddings=embeddings, paths=np.array(paths, dtype=str))
         elif suffix == ".csv":
-            # A file name that is not valid UTF-8 is written back as the bytes it has on disk.
-            with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
                 writer = csv.writer(f)
                 writer.writerow(["path", *_columns(embeddings.shape[1])])
-                for path, row in zip(paths, embeddings, strict=True):
+                for path, row in zip(text_names(paths), embeddings, strict=True):
                     # 9 significant digits round-trip float32 exactly
                     writer.writerow([path, *(f"{v:.9g}" for v in row)])
         else:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            # Parquet strings are UTF-8: bytes of a name that are not become U+FFFD.
-            names = [os.fsencode(p).decode("utf-8", "replace") for p in paths]
-            columns = {"path": pa.array(names, type=pa.string())}
+            columns = {"path": pa.array(text_names(paths), type=pa.string())}
             for i, name in enumerate(_columns(embeddings.shape[1])):
                 columns[name] = pa.array(embeddings[:, i], type=pa.float32())
             pq.write_table(pa.table(columns), tmp)
@@ -113,11 +120,13 @@ def embed(
     recorded eval crop (the share of the shorter side kept)."""
     from lejepa_cli.artifacts import check_crop_pct, load_encoder, with_crop_pct
     from lejepa_cli.data.scan import scan_folder
-    from lejepa_cli.features import cached_features
+    from lejepa_cli.features import cached_features, check_batch_size, resolve_workers
 
     out_file = Path(out_file)
     check_output(out_file)  # before any work: a typo in the suffix fails at once
     check_crop_pct(crop_pct)
+    check_batch_size(batch_size)
+    resolve_workers(workers, 0)
     if out_file.exists() and not overwrite:
         raise UsageError(
             f"--out {out_file} already exists; pass --overwrite to replace it, or choose "
@@ -133,7 +142,11 @@ def embed(
     skipped = {relpaths[i]: fs.errors.get(fs.paths[i], "unreadable") for i in np.flatnonzero(~ok)}
     keep = np.flatnonzero(ok)
     if len(keep) == 0:
-        raise DataError(f"none of the {len(index)} images in {folder} could be read")
+        first, reason = next(iter(skipped.items()))
+        raise UnreadableDataError(
+            f"none of the {len(index)} images in {folder} could be read (e.g. {first}: "
+            f"{reason}); run `lejepa inspect {folder}` to list them"
+        )
     write_embeddings(out_file, feats[keep], [relpaths[i] for i in keep])
     return EmbedResult(
         out_file=out_file,

@@ -24,6 +24,11 @@ class DataError(UsageError):
     """A data file or folder given by the user cannot be used as asked."""
 
 
+class UnreadableDataError(LejepaError):
+    """The images are there but too few of them can be decoded: a runtime failure (exit 1),
+    like a disk error, not a mistake in the command line."""
+
+
 class RunDirError(UsageError):
     """The run directory is in a state the command refuses (exists, no checkpoint, other config)."""
 

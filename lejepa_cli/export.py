@@ -367,59 +367,46 @@ def _probe_table(probe: dict[str, Any]) -> str:
 def model_card(config: dict[str, Any], dirname: str) -> str:
     """README.md for an export: what it is, how to load it with timm alone, how it was trained."""
     extra = config["lejepa"]
-    pcfg = config["pretrained_cfg"]
-    arch, dim = config["architecture"], config["num_features"]
-    size = pcfg["input_size"][-1]
-    src, train, data = extra["source"], extra["training"], extra["data"]
-    model_args = "".join(f", {k}={v!r}" for k, v in (config.get("model_args") or {}).items())
-    loss = train.get("final_loss") or {}
-    loss_text = ", ".join(f"{k} {v:.4g}" for k, v in loss.items() if isinstance(v, (int, float)))
-    probe = extra.get("probe")
-    if probe:
-        other = []
-        if probe.get("checkpoint") and probe["checkpoint"] != src["checkpoint"]:
-            other.append(
-                f"on checkpoint `{probe['checkpoint']}`, not on the exported `{src['checkpoint']}`"
-            )
-        if probe.get("crop_pct") is not None and probe["crop_pct"] != pcfg["crop_pct"]:
-            other.append(
-                f"with an eval view keeping crop_pct {probe['crop_pct']}, not the exported "
-                f"{pcfg['crop_pct']}"
-            )
-        note = (
-            f"\n\nThese were measured {' and '.join(other)}; probe this export with "
-            f"`lejepa probe {dirname} --labels ...`."
-            if other
-            else ""
-        )
-        probe_text = (
-            f"Frozen-backbone probe (`lejepa probe`) on {probe['num_classes']} classes, "
-            f"{probe['num_val']} validation images ({probe['validation']}), mean ± std over "
-            f"{probe['seeds']} seeds:\n\n{_probe_table(probe)}{note}"
-        )
-    else:
-        probe_text = (
-            "No probe results yet. Measure them with a small labeled CSV (`path,label`):\n\n"
-            f"    lejepa probe {dirname} --labels labels.csv --baseline random"
-        )
+    sections = [
+        _card_summary(config, dirname),
+        _card_loading(config, dirname),
+        _card_training(extra),
+        f"## Probe results\n\n{_card_probe(extra, config['pretrained_cfg'], dirname)}\n",
+        _CARD_FILES,
+    ]
+    return "\n".join(sections)
+
+
+def _model_args(config: dict[str, Any]) -> str:
+    """`, key=value` for each architecture argument, as the timm.create_model call spells them."""
+    return "".join(f", {k}={v!r}" for k, v in (config.get("model_args") or {}).items())
+
+
+def _card_summary(config: dict[str, Any], dirname: str) -> str:
+    extra, pcfg = config["lejepa"], config["pretrained_cfg"]
+    arch, size, src = config["architecture"], pcfg["input_size"][-1], extra["source"]
+    model_args = _model_args(config)
+    images = extra["data"].get("num_train_images") or "unknown number of"
     return f"""# {dirname}: a {arch} encoder pretrained with LeJEPA
 
 A `{arch}` backbone (timm architecture) pretrained from scratch with LeJEPA self-supervised
-learning on {data.get("num_train_images") or "unknown number of"} unlabeled images. It maps an
-image to one {dim}-dimensional embedding (pooled features, `num_classes=0`); it has no
+learning on {images} unlabeled images. It maps an
+image to one {config["num_features"]}-dimensional embedding (pooled features, `num_classes=0`); it has no
 classification head. Use the embeddings for linear probes, kNN search, clustering, or fine-tune
 the backbone with a head of your own.
 
 | | |
 |---|---|
 | architecture | `{arch}` (timm){", " + model_args[2:] if model_args else ""} |
-| embedding size | {dim} |
+| embedding size | {config["num_features"]} |
 | input | RGB, resized and centre-cropped to {size} x {size} (crop_pct {pcfg["crop_pct"]}, {pcfg["interpolation"]}) |
 | normalisation | mean {_fmt_tuple(pcfg["mean"])}, std {_fmt_tuple(pcfg["std"])} |
 | checkpoint | `{src["checkpoint"]}` (epoch {src.get("epoch")}, step {src.get("step")}) of run `{src["run"]}` |
 | weights | `model.safetensors`, sha256 `{extra["sha256"]}` |
+"""
 
-## Load it with timm
+
+_CARD_LOADING = """## Load it with timm
 
 No lejepa-cli needed: timm reads `config.json` and `model.safetensors` from this folder and
 sets up the same preprocessing that produced the embeddings. Run from the folder that contains
@@ -453,10 +440,10 @@ model = timm.create_model("{arch}", pretrained=False, num_classes=0{model_args})
 model.load_state_dict(load_file("{dirname}/model.safetensors"))
 transform = timm.data.create_transform(
     input_size={size},
-    interpolation="{pcfg["interpolation"]}",
-    crop_pct={pcfg["crop_pct"]},
-    mean={_fmt_tuple(pcfg["mean"])},
-    std={_fmt_tuple(pcfg["std"])},
+    interpolation="{interpolation}",
+    crop_pct={crop_pct},
+    mean={mean},
+    std={std},
 )
 
 image = Image.open("image.jpg").convert("RGB")
@@ -466,8 +453,30 @@ print(embedding.shape)
 ```
 
 Or embed a whole folder: `lejepa embed {dirname} ./images --out embeddings.npz`.
+"""
 
-## Training
+
+def _card_loading(config: dict[str, Any], dirname: str) -> str:
+    pcfg = config["pretrained_cfg"]
+    return _CARD_LOADING.format(
+        dirname=dirname,
+        arch=config["architecture"],
+        dim=config["num_features"],
+        model_args=_model_args(config),
+        size=pcfg["input_size"][-1],
+        interpolation=pcfg["interpolation"],
+        crop_pct=pcfg["crop_pct"],
+        mean=_fmt_tuple(pcfg["mean"]),
+        std=_fmt_tuple(pcfg["std"]),
+    )
+
+
+def _card_training(extra: dict[str, Any]) -> str:
+    train, data = extra["training"], extra["data"]
+    loss = train.get("final_loss") or {}
+    loss_text = ", ".join(f"{k} {v:.4g}" for k, v in loss.items() if isinstance(v, (int, float)))
+    software = ", ".join(f"{k} {v}" for k, v in extra["versions"].items())
+    return f"""## Training
 
 - data: `{data.get("folder")}`, {data.get("num_train_images")} training images; global crops
   {data.get("global_size")} px, local crops {data.get("local_size")} px
@@ -475,13 +484,44 @@ Or embed a whole folder: `lejepa embed {dirname} ./images --out embeddings.npz`.
 - {train.get("epochs_done")} of {train.get("epochs_planned")} epochs, {train.get("steps")} steps,
   {train.get("images_seen")} images seen, batch size {train.get("batch_size")}, peak lr {train.get("lr")}
 - final training loss (epoch mean): {loss_text or "n/a"}
-- software: {", ".join(f"{k} {v}" for k, v in extra["versions"].items())}
+- software: {software}
+"""
 
-## Probe results
 
-{probe_text}
+def _card_probe(extra: dict[str, Any], pcfg: dict[str, Any], dirname: str) -> str:
+    """The probe section's text: the recorded results, or how to measure them."""
+    probe = extra.get("probe")
+    if not probe:
+        return (
+            "No probe results yet. Measure them with a small labeled CSV (`path,label`):\n\n"
+            f"    lejepa probe {dirname} --labels labels.csv --baseline random"
+        )
+    return (
+        f"Frozen-backbone probe (`lejepa probe`) on {probe['num_classes']} classes, "
+        f"{probe['num_val']} validation images ({probe['validation']}), mean ± std over "
+        f"{probe['seeds']} seeds:\n\n{_probe_table(probe)}"
+        f"{_probe_mismatch(probe, extra['source']['checkpoint'], pcfg['crop_pct'], dirname)}"
+    )
 
-## Files
+
+def _probe_mismatch(probe: dict[str, Any], checkpoint: str, crop_pct: float, dirname: str) -> str:
+    """A note when the probe measured another checkpoint or eval view than the one exported."""
+    other = []
+    if probe.get("checkpoint") and probe["checkpoint"] != checkpoint:
+        other.append(f"on checkpoint `{probe['checkpoint']}`, not on the exported `{checkpoint}`")
+    if probe.get("crop_pct") is not None and probe["crop_pct"] != crop_pct:
+        other.append(
+            f"with an eval view keeping crop_pct {probe['crop_pct']}, not the exported {crop_pct}"
+        )
+    if not other:
+        return ""
+    return (
+        f"\n\nThese were measured {' and '.join(other)}; probe this export with "
+        f"`lejepa probe {dirname} --labels ...`."
+    )
+
+
+_CARD_FILES = """## Files
 
 - `model.safetensors`: backbone weights, timm key names
 - `config.json`: timm model config (`architecture`, `model_args`, `pretrained_cfg`); training

@@ -196,9 +196,16 @@ class _Images(torch.utils.data.Dataset):
         try:
             image = load_rgb(str(self.paths[i]))
         except DecodeError as exc:
-            # A placeholder keeps the batch shape; the mask drops the row afterwards.
-            return torch.zeros(3, self.size, self.size), False, str(exc) or "unreadable"
+            return None, False, str(exc) or "unreadable"
         return self.transform(cut_strip(image, self.scale_size)), True, ""
+
+
+def _collate(items: list) -> tuple[torch.Tensor | None, torch.Tensor, list[str]]:
+    """(x, ok, reasons): x (K, 3, H, W) holds only the K readable images of the batch (None
+    when there are none), so the network never sees a placeholder; ok (B,) bool says which."""
+    views = [view for view, good, _ in items if good]
+    ok = torch.tensor([good for _, good, _ in items], dtype=torch.bool)  # (B,)
+    return (torch.stack(views) if views else None), ok, [why for _, _, why in items]
 
 
 def _loader(
@@ -212,6 +219,7 @@ def _loader(
         shuffle=False,
         num_workers=resolve_workers(workers, len(dataset)),
         pin_memory=dev.type == "cuda",
+        collate_fn=_collate,
     )
 
 
@@ -235,21 +243,22 @@ def _extract(
     chunks, oks, reasons, done = [], [], [], 0
     with torch.no_grad():
         for x, ok, why in loader:
-            x = x.to(dev, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                feats = forward_features(backbone, x, kind)  # (B, F)
-            chunks.append(feats.float().cpu().numpy())
+            if x is not None:  # only readable images reach the network
+                x = x.to(dev, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                    feats = forward_features(backbone, x, kind)  # (K, F), K readable of B
+                chunks.append(feats.float().cpu().numpy())
             oks.append(ok.numpy().astype(bool))
             reasons.extend(why)
-            done += len(x)
+            done += len(ok)
             if progress_cb is not None:
                 progress_cb(done, len(dataset))
     backbone.train(was_training)
-    if not chunks:
-        return np.zeros((0, 0), np.float32), np.zeros(0, bool), []
-    feats = np.concatenate(chunks).astype(np.float32, copy=False)  # (N, F)
-    ok = np.concatenate(oks)
-    feats[~ok] = 0.0
+    ok = np.concatenate(oks) if oks else np.zeros(0, bool)  # (N,)
+    dim = chunks[0].shape[1] if chunks else 0  # 0 when nothing could be read
+    feats = np.zeros((len(ok), dim), np.float32)  # (N, F); unreadable rows stay zeros
+    if chunks:
+        feats[ok] = np.concatenate(chunks)
     return feats, ok, reasons
 
 
@@ -293,7 +302,7 @@ def calibrate_norm_stats(
         for x, ok, _ in loader:
             if int(ok.sum()) < 2:  # train-mode BatchNorm needs two samples
                 continue
-            forward_features(backbone, x[ok].to(dev), "probe")
+            forward_features(backbone, x.to(dev), "probe")  # x holds the readable images only
             used += int(ok.sum())
     backbone.eval()
     for m, momentum in zip(norms, momenta, strict=True):

@@ -403,188 +403,205 @@ def _table(
 
 
 def render_html(report: dict[str, Any], rows: list[dict[str, Any]], ranked: list[dict]) -> str:
-    """The report as one HTML document with its pictures inline."""
-    rec = report["recommended"]
-    best = rec.get("checkpoint")
-    run = report["run"]
+    """The report as one HTML document with its pictures inline, one section after another."""
+    best = report["recommended"].get("checkpoint")
     out = [
+        *_html_head(report),
+        *_recommended_html(report["recommended"]),
+        *_warnings_html(report["warnings"]),
+        *_progress_html(report["progress"], report["config"]),
+        "<h2>Training curves</h2>",
+        _img(training_figure(rows), "training loss, prediction and SIGReg terms"),
+        "<h2>Held-out score</h2>",
+        _img(heldout_figure(ranked, best), "held-out score and effective rank"),
+        *_ranking_html(report["checkpoints"], best),
+        *_diagnostics_html(report["checkpoints"]),
+        *_correlation_html(report.get("correlation"), report["checkpoints"], ranked),
+        *_scoring_html(report["selection"]),
+        *_config_html(report["config"]),
+        _gallery_html(report, best),
+        "</body></html>",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def _gallery_html(report: dict[str, Any], best: str | None) -> str:
+    from lejepa_cli.explore.gallery import report_gallery
+
+    return report_gallery(Path(report["run"]["dir"]), best)  # "" without a recommended checkpoint
+
+
+def _html_head(report: dict[str, Any]) -> list[str]:
+    name = html.escape(report["run"]["name"])
+    return [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<link rel="icon" href="data:,">',
-        f"<title>LeJEPA report: {html.escape(run['name'])}</title>",
+        f"<title>LeJEPA report: {name}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>LeJEPA run report: {html.escape(run['name'])}</h1>",
-        f"<p class='sub'>{html.escape(run['dir'])} &middot; written "
+        f"<h1>LeJEPA run report: {name}</h1>",
+        f"<p class='sub'>{html.escape(report['run']['dir'])} &middot; written "
         f"{html.escape(report['generated_at'])}</p>",
     ]
-    out.append(
+
+
+def _recommended_html(rec: dict[str, Any]) -> list[str]:
+    title = (
         "<div class='rec' id='recommended'><h2 style='margin-top:0.2em;border:0'>"
         "Recommended checkpoint</h2>"
     )
-    if best:
-        out.append(
-            f"<p><b>{html.escape(best)}</b> &mdash; {html.escape(rec['reason'])}. "
-            f"<code>--checkpoint best</code> in probe and export selects it.</p></div>"
-        )
-    else:
-        out.append(f"<p>{html.escape(rec['reason'])}.</p></div>")
-    if report["warnings"]:
-        items = "".join(f"<li>{html.escape(w)}</li>" for w in report["warnings"])
-        out.append(f"<div class='warn' id='warnings'><b>Warnings</b><ul>{items}</ul></div>")
-
-    prog = report["progress"]
-    cfg = report["config"]
-    last = prog.get("last") or {}
-    out.append("<h2>Progress</h2>")
-    out.append(
-        _table(
-            ["", "value"],
-            [
-                ["architecture", _f(cfg.get("arch"))],
-                ["steps", f"{_f(prog['step'])} of {_f(prog['total_steps'])}"],
-                ["epochs", f"{_f(prog['epochs_done'], 3)} of {_f(prog['epochs'])}"],
-                ["images seen", _f(prog["images_seen"])],
-                [
-                    "last loss / pred / sigreg",
-                    " / ".join(_f(last.get(k)) for k in ("loss", "pred", "sigreg")),
-                ],
-                ["checkpoints on disk", _f(prog["checkpoints_on_disk"])],
-            ],
-            text_columns=(0, 1),
-        )
-    )
-    out.append("<h2>Training curves</h2>")
-    out.append(_img(training_figure(rows), "training loss, prediction and SIGReg terms"))
-    out.append("<h2>Held-out score</h2>")
-    out.append(_img(heldout_figure(ranked, best), "held-out score and effective rank"))
-
-    out.append("<h2>Checkpoint ranking</h2>")
-    header = [
-        "checkpoint",
-        "rank",
-        "step",
-        "epoch",
-        "score",
-        "held-out loss",
-        "pred",
-        "sigreg",
-        "train loss",
-        "eff. rank",
-        "status",
+    if not rec.get("checkpoint"):
+        return [title, f"<p>{html.escape(rec['reason'])}.</p></div>"]
+    return [
+        title,
+        f"<p><b>{html.escape(rec['checkpoint'])}</b> &mdash; {html.escape(rec['reason'])}. "
+        f"<code>--checkpoint best</code> in probe and export selects it.</p></div>",
     ]
-    trs, classes = [], []
-    for e in report["checkpoints"]:
-        status = []
-        if e["checkpoint"] == best:
-            status.append("recommended")
-        if e["collapsed"]:
-            status.append("collapsed")
-        if not e["exists"]:
-            status.append("deleted")
-        if e["score_source"] == "train":
-            status.append("no held-out score")
-        trs.append(
-            [
-                html.escape(e["checkpoint"]),
-                _f(e["rank"]),
-                _f(e["step"]),
-                _f(e["epoch"]),
-                _f(e["score"]),
-                _f(e["loss"]),
-                _f(e["pred"]),
-                _f(e["sigreg"]),
-                _f(e["train_loss"]),
-                _f(e["effective_rank"], 3),
-                html.escape(", ".join(status)),
-            ]
-        )
-        classes.append(
-            "best"
-            if e["checkpoint"] == best
-            else "collapsed"
-            if e["collapsed"]
-            else ""
-            if e["exists"]
-            else "gone"
-        )
-    if trs:
-        out.append(_table(header, trs, classes, text_columns=(0, -1)))
-    else:
-        out.append("<p class='sub'>No checkpoint yet.</p>")
 
-    out.append("<h2>Label-free diagnostics (backbone embeddings, held-out images)</h2>")
-    drows = []
-    for e in report["checkpoints"]:
-        d = e.get("diagnostics")
-        if not d:
-            continue
-        drows.append(
-            [
-                html.escape(e["checkpoint"]),
-                f"{_f(d.get('effective_rank'), 3)} / {_f(d.get('max_rank'))}",
-                _f(d.get("std_min"), 3),
-                _f(d.get("std_median"), 3),
-                _f(d.get("std_max"), 3),
-                _f(d.get("dead_fraction"), 3),
-                _f(d.get("relative_spread"), 3),
-                html.escape("; ".join(e["warnings"])) or "ok",
-            ]
-        )
-    if drows:
-        out.append(
-            _table(
-                [
-                    "checkpoint",
-                    "eff. rank / max",
-                    "std min",
-                    "std median",
-                    "std max",
-                    "dead dims",
-                    "rel. spread",
-                    "verdict",
-                ],
-                drows,
-                text_columns=(0, -1),
-            )
-        )
-        out.append(
-            "<p class='sub'>Effective rank: exp of the entropy of the normalised singular values "
-            "of the centred embeddings (Roy &amp; Vetterli). Dead dims: share of dimensions with "
-            "std below 1e-3 of the largest. Relative spread: root total variance over root mean "
-            "squared norm (0 for a constant embedding).</p>"
-        )
-    else:
-        out.append("<p class='sub'>No held-out diagnostics yet.</p>")
 
-    corr = report.get("correlation")
-    if corr:
-        out.append("<h2>Labels: probe accuracy and the label-free score</h2>")
-        prow = []
-        for e in report["checkpoints"]:
-            p = e.get("probe")
-            if p:
-                prow.append(
-                    [
-                        html.escape(e["checkpoint"]),
-                        _f(e["score"]),
-                        _f(p.get("linear_top1")),
-                        _f(p.get("knn_top1")),
-                    ]
-                )
-        out.append(_table(["checkpoint", "score", "linear top-1", "kNN top-1"], prow))
-        out.append(
-            f"<p>Spearman rank correlation between &minus;score and accuracy over "
-            f"{corr['num_checkpoints']} checkpoints: linear {_f(corr.get('spearman_linear_top1'), 3)}, "
-            f"kNN {_f(corr.get('spearman_knn_top1'), 3)}"
-            + (f" ({html.escape(corr['note'])})" if corr.get("note") else "")
-            + ". The paper reports about 0.85 to 0.99.</p>"
-        )
-        out.append(_img(probe_figure(ranked), "probe accuracy against the score"))
+def _warnings_html(warnings: list[str]) -> list[str]:
+    if not warnings:
+        return []
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    return [f"<div class='warn' id='warnings'><b>Warnings</b><ul>{items}</ul></div>"]
 
-    sel = report["selection"]
-    out.append("<h2>How checkpoints are scored and compared</h2>")
-    out.append(
+
+def _progress_html(prog: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    last = prog.get("last") or {}
+    table = [
+        ["architecture", _f(cfg.get("arch"))],
+        ["steps", f"{_f(prog['step'])} of {_f(prog['total_steps'])}"],
+        ["epochs", f"{_f(prog['epochs_done'], 3)} of {_f(prog['epochs'])}"],
+        ["images seen", _f(prog["images_seen"])],
+        [
+            "last loss / pred / sigreg",
+            " / ".join(_f(last.get(k)) for k in ("loss", "pred", "sigreg")),
+        ],
+        ["checkpoints on disk", _f(prog["checkpoints_on_disk"])],
+    ]
+    return ["<h2>Progress</h2>", _table(["", "value"], table, text_columns=(0, 1))]
+
+
+_RANKING_HEADER = [
+    "checkpoint",
+    "rank",
+    "step",
+    "epoch",
+    "score",
+    "held-out loss",
+    "pred",
+    "sigreg",
+    "train loss",
+    "eff. rank",
+    "status",
+]
+
+
+def _status(e: dict[str, Any], best: str | None) -> str:
+    """The status cell of a ranking row: what sets this checkpoint apart."""
+    flags = [
+        (e["checkpoint"] == best, "recommended"),
+        (e["collapsed"], "collapsed"),
+        (not e["exists"], "deleted"),
+        (e["score_source"] == "train", "no held-out score"),
+    ]
+    return ", ".join(text for on, text in flags if on)
+
+
+def _row_class(e: dict[str, Any], best: str | None) -> str:
+    if e["checkpoint"] == best:
+        return "best"
+    if e["collapsed"]:
+        return "collapsed"
+    return "" if e["exists"] else "gone"
+
+
+def _ranking_html(checkpoints: list[dict[str, Any]], best: str | None) -> list[str]:
+    out = ["<h2>Checkpoint ranking</h2>"]
+    if not checkpoints:
+        return [*out, "<p class='sub'>No checkpoint yet.</p>"]
+    trs = [
+        [
+            html.escape(e["checkpoint"]),
+            *(_f(e[k]) for k in ("rank", "step", "epoch", "score", "loss", "pred", "sigreg")),
+            _f(e["train_loss"]),
+            _f(e["effective_rank"], 3),
+            html.escape(_status(e, best)),
+        ]
+        for e in checkpoints
+    ]
+    classes = [_row_class(e, best) for e in checkpoints]
+    return [*out, _table(_RANKING_HEADER, trs, classes, text_columns=(0, -1))]
+
+
+_DIAGNOSTICS_HEADER = [
+    "checkpoint",
+    "eff. rank / max",
+    "std min",
+    "std median",
+    "std max",
+    "dead dims",
+    "rel. spread",
+    "verdict",
+]
+_DIAGNOSTICS_NOTE = (
+    "<p class='sub'>Effective rank: exp of the entropy of the normalised singular values "
+    "of the centred embeddings (Roy &amp; Vetterli). Dead dims: share of dimensions with "
+    "std below 1e-3 of the largest. Relative spread: root total variance over root mean "
+    "squared norm (0 for a constant embedding).</p>"
+)
+
+
+def _diagnostics_row(e: dict[str, Any]) -> list[str]:
+    d = e["diagnostics"]
+    return [
+        html.escape(e["checkpoint"]),
+        f"{_f(d.get('effective_rank'), 3)} / {_f(d.get('max_rank'))}",
+        *(_f(d.get(k), 3) for k in ("std_min", "std_median", "std_max")),
+        _f(d.get("dead_fraction"), 3),
+        _f(d.get("relative_spread"), 3),
+        html.escape("; ".join(e["warnings"])) or "ok",
+    ]
+
+
+def _diagnostics_html(checkpoints: list[dict[str, Any]]) -> list[str]:
+    out = ["<h2>Label-free diagnostics (backbone embeddings, held-out images)</h2>"]
+    drows = [_diagnostics_row(e) for e in checkpoints if e.get("diagnostics")]
+    if not drows:
+        return [*out, "<p class='sub'>No held-out diagnostics yet.</p>"]
+    return [*out, _table(_DIAGNOSTICS_HEADER, drows, text_columns=(0, -1)), _DIAGNOSTICS_NOTE]
+
+
+def _correlation_html(
+    corr: dict[str, Any] | None, checkpoints: list[dict[str, Any]], ranked: list[dict]
+) -> list[str]:
+    if not corr:
+        return []
+    prow = [
+        [
+            html.escape(e["checkpoint"]),
+            _f(e["score"]),
+            _f(e["probe"].get("linear_top1")),
+            _f(e["probe"].get("knn_top1")),
+        ]
+        for e in checkpoints
+        if e.get("probe")
+    ]
+    note = f" ({html.escape(corr['note'])})" if corr.get("note") else ""
+    return [
+        "<h2>Labels: probe accuracy and the label-free score</h2>",
+        _table(["checkpoint", "score", "linear top-1", "kNN top-1"], prow),
+        f"<p>Spearman rank correlation between &minus;score and accuracy over "
+        f"{corr['num_checkpoints']} checkpoints: linear {_f(corr.get('spearman_linear_top1'), 3)}, "
+        f"kNN {_f(corr.get('spearman_knn_top1'), 3)}{note}. The paper reports about 0.85 to 0.99.</p>",
+        _img(probe_figure(ranked), "probe accuracy against the score"),
+    ]
+
+
+def _scoring_html(sel: dict[str, Any]) -> list[str]:
+    out = [
+        "<h2>How checkpoints are scored and compared</h2>",
         "<p>At every kept checkpoint the model is evaluated without gradients (dropout off, "
         "BatchNorm on batch statistics as in training) on a fixed held-out subset of the images "
         "(the same files in every run on this folder), with fixed crops (the run's multi-crop "
@@ -593,29 +610,20 @@ def render_html(report: dict[str, Any], rows: list[dict[str, Any]], ranked: list
         f"checkpoints rank by <code>loss / lam^{sel['alpha']}</code>, lower first (the paper's "
         "Eq. 8), with collapsed checkpoints last.</p>"
         f"<p>Scores compare across runs when they share the {html.escape(sel['comparable_when'])}."
-        " Otherwise <code>lejepa inspect RUN_A RUN_B</code> shows the numbers with a warning.</p>"
-    )
+        " Otherwise <code>lejepa inspect RUN_A RUN_B</code> shows the numbers with a warning.</p>",
+    ]
     if sel.get("comparison"):
-        out.append(
-            _table(
-                ["condition", "value"],
-                [
-                    [html.escape(k), html.escape(json.dumps(v))]
-                    for k, v in sel["comparison"].items()
-                ],
-                text_columns=(0, 1),
-            )
-        )
-    out.append("<h2>Configuration</h2>")
-    out.append(
-        _table(
-            ["key", "value"],
-            [[html.escape(k), html.escape(json.dumps(v))] for k, v in cfg.items()],
-            text_columns=(0, 1),
-        )
-    )
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+        out.append(_key_value_table(["condition", "value"], sel["comparison"]))
+    return out
+
+
+def _config_html(cfg: dict[str, Any]) -> list[str]:
+    return ["<h2>Configuration</h2>", _key_value_table(["key", "value"], cfg)]
+
+
+def _key_value_table(header: list[str], mapping: dict[str, Any]) -> str:
+    rows = [[html.escape(k), html.escape(json.dumps(v))] for k, v in mapping.items()]
+    return _table(header, rows, text_columns=(0, 1))
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

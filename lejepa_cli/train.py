@@ -44,6 +44,7 @@ from lejepa_cli.errors import (
     DivergedError,
     Interrupted,
     RunDirError,
+    UnreadableDataError,
     UsageError,
     require_utf8_path,
 )
@@ -227,7 +228,7 @@ def _typical_side(index, limit: int = 256) -> int:
         except Exception:  # unreadable headers are counted by the dataset later
             continue
     if not sides:
-        raise DataError(
+        raise UnreadableDataError(
             f"none of the sampled images in {index.root} could be read; "
             f"check the folder with `lejepa inspect {index.root}`"
         )

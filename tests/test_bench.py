@@ -48,3 +48,18 @@ def test_bench_multicrop_compares_three_pipelines(capsys):
     ]
     assert float(rows[0][3]) == 1.0  # the baseline's own ratio
     assert all(float(ms) > 0 for _, ms, _, _ in rows)
+
+
+def test_bench_neighbours_checks_agreement_and_extrapolates(capsys):
+    _load("bench_neighbours").main(
+        ["--n", "300", "--dim", "16", "--baseline-n", "100", "--block", "64", "--threads", "1"]
+    )
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(.+?)\s+([\d,]+)\s+([\d.]+) s\s+([\d.]+) MB", out, flags=re.M)
+    assert [(name.strip(), count) for name, count, *_ in rows] == [
+        ("full N x N then top-k (baseline)", "100"),
+        ("chunked top-k", "100"),
+        ("chunked top-k", "300"),
+        ("full N x N, extrapolated", "300"),
+    ]
+    assert "x9 = (N / n)^2" in out and re.search(r"ratio at N = 300: chunked takes [\d.]+x", out)

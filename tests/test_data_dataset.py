@@ -12,7 +12,7 @@ from zoo import bad, build_zoo
 from lejepa_cli.data.dataset import EvalDataset, MultiCropDataset, collate_multicrop
 from lejepa_cli.data.multicrop import EvalTransform, MultiCrop, MultiCropConfig
 from lejepa_cli.data.scan import scan_folder
-from lejepa_cli.errors import DataError
+from lejepa_cli.errors import UnreadableDataError
 
 SMALL = MultiCropConfig(global_size=32, local_size=16, local_views=2)
 
@@ -126,7 +126,7 @@ def test_a_folder_of_bad_files_is_a_data_error(tmp_path):
     for i in range(3):
         (tmp_path / f"{i}.jpg").write_bytes(b"")
     ds = MultiCropDataset(scan_folder(tmp_path), MultiCrop(SMALL), 0, max_retries=5)
-    with pytest.raises(DataError, match="too many unreadable files"):
+    with pytest.raises(UnreadableDataError, match="too many unreadable files"):
         ds[0]
 
 

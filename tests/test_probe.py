@@ -144,6 +144,7 @@ def test_cli_probe_prints_table_and_reuses_cached_features(data, tmp_path, capsy
     first = json.loads((out / "probe.json").read_text())
     assert first["cache"]["checkpoint"]["hit"] is False
 
+    args.append("--overwrite")  # the same --out again: its probe.json is replaced
     with pytest.raises(SystemExit) as info:
         main([*args, "--json"])
     assert info.value.code == 0

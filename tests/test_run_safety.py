@@ -247,7 +247,7 @@ def test_a_probe_without_all_labels_removes_an_earlier_confusion_matrix(
     common = ["probe", run, "--labels", csv, "--out", out, "--seeds", "1", "--device", "cpu"]
     assert _cli([*common, "--shots", "all"], capsys)[0] == 0
     assert (out / "confusion.png").is_file()
-    assert _cli([*common, "--shots", "2"], capsys)[0] == 0
+    assert _cli([*common, "--shots", "2", "--overwrite"], capsys)[0] == 0
     assert not (out / "confusion.png").exists()
     assert json.loads((out / "probe.json").read_text())["confusion_png"] is None
 

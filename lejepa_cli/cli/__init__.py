@@ -1,6 +1,7 @@
 """The `lejepa` command line: one module per command, all registered on one Typer app."""
 
 from lejepa_cli.cli import embed as _embed  # noqa: F401  (registers the command)
+from lejepa_cli.cli import explore as _explore  # noqa: F401  (registers the command)
 from lejepa_cli.cli import export as _export  # noqa: F401  (registers the command)
 from lejepa_cli.cli import inspect as _inspect  # noqa: F401  (registers the command)
 from lejepa_cli.cli import pretrain as _pretrain  # noqa: F401  (registers the command)

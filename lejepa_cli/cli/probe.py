@@ -91,7 +91,26 @@ def render(result, console) -> None:
         )
     console.print(table)
 
-    # per-class accuracy of the linear head with the most training examples
+    console.print(_per_class_table(result, balanced))
+    if len(result.classes) > SHOWN_CLASSES:
+        hidden = len(result.classes) - SHOWN_CLASSES
+        console.print(Text(f"... and {hidden:,} more classes: see {result.json_path}"))
+    for note in result.notes:
+        console.print(Text.assemble(("note:", "yellow"), f" {note}"))
+    if result.skipped:
+        first = ", ".join(list(result.skipped)[:3])
+        skipped = f"skipped {len(result.skipped)} unreadable images"
+        console.print(Text.assemble((skipped, "yellow"), f" ({first})"))
+    console.print(Text(f"results: {result.json_path}"))
+    if result.confusion_png:
+        console.print(Text(f"confusion matrix: {result.confusion_png}"))
+
+
+def _per_class_table(result, balanced: bool):
+    """Per-class accuracy of the linear heads with the most training examples, per model."""
+    from rich.table import Table
+    from rich.text import Text
+
     shots = [r["shots"] for r in result.rows]
     best = "all" if "all" in shots else max(s for s in shots if s != "all")
     per_class = Table(title=f"per-class accuracy, linear head, {best} shots", title_justify="left")
@@ -109,19 +128,7 @@ def render(result, console) -> None:
             v = r["per_class_accuracy"].get(c)
             cells.append("n/a" if v is None else f"{v:.3f}")
         per_class.add_row(Text(c), str(counts.get(c, "")), *cells)
-    console.print(per_class)
-    if len(result.classes) > SHOWN_CLASSES:
-        hidden = len(result.classes) - SHOWN_CLASSES
-        console.print(Text(f"... and {hidden:,} more classes: see {result.json_path}"))
-    for note in result.notes:
-        console.print(Text.assemble(("note:", "yellow"), f" {note}"))
-    if result.skipped:
-        first = ", ".join(list(result.skipped)[:3])
-        skipped = f"skipped {len(result.skipped)} unreadable images"
-        console.print(Text.assemble((skipped, "yellow"), f" ({first})"))
-    console.print(Text(f"results: {result.json_path}"))
-    if result.confusion_png:
-        console.print(Text(f"confusion matrix: {result.confusion_png}"))
+    return per_class
 
 
 @app.command(no_args_is_help=True)
@@ -181,6 +188,12 @@ def probe(
         "n_class)): for imbalanced labels judged by balanced accuracy. kNN is unchanged.",
     ),
     crop_pct: float | None = crop_pct_option("for the model and the baseline alike"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace probe.json and confusion.png in an --out that holds them (refused "
+        "otherwise); nothing else there is touched.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print probe.json instead of tables."),
 ) -> None:
     """Probe a frozen backbone with labeled images: linear head and kNN, with few-shot seeds.
@@ -211,6 +224,7 @@ def probe(
             progress=progress,
             balanced=balanced,
             crop_pct=crop_pct,
+            overwrite=overwrite,
         )
     if as_json:
         typer.echo(json.dumps(result.data, indent=2))

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from lejepa_cli.data.decode import DecodeError, load_rgb
 from lejepa_cli.data.multicrop import MultiCrop
 from lejepa_cli.data.scan import ImageIndex
-from lejepa_cli.errors import DataError
+from lejepa_cli.errors import DataError, UnreadableDataError
 
 
 class MultiCropDataset(Dataset):
@@ -70,7 +70,7 @@ class MultiCropDataset(Dataset):
             j = int(rng.integers(len(self.index)))  # same draw on every rank
         last_path, last_reason = skipped[-1]
         distinct = len({str(p) for p, _ in skipped})
-        raise DataError(
+        raise UnreadableDataError(
             f"{len(skipped)} draws in a row ({distinct} different files) could not be read "
             f"while loading sample {i} (last: "
             f"{last_path}: {last_reason}); the folder {self.index.root} has too many unreadable "

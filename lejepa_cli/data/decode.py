@@ -156,11 +156,6 @@ def load_rgb_with_header(
 
 
 def _decode(img: Image.Image, min_side: int | None) -> Image.Image:
-    try:
-        orientation = int(img.getexif().get(_ORIENTATION_TAG, 1))
-    except Exception:  # broken EXIF does not make the pixels unusable
-        orientation = 1
-
     if min_side and img.format == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
         w, h = img.size
         factor = min(w, h) // min_side
@@ -168,7 +163,11 @@ def _decode(img: Image.Image, min_side: int | None) -> Image.Image:
             # draft picks the largest DCT scale (1/2, 1/4, 1/8) that keeps at least this size.
             img.draft(None, (-(-w // factor), -(-h // factor)))
 
+    # Pixels first, EXIF after: for PNG, getexif() loads the pixels itself to reach an eXIf
+    # chunk behind them, and a failed load clears the tiles, so a second load() would "succeed"
+    # with a blank image. Any error while decoding pixels must reach the caller from here.
     img.load()  # truncated or corrupt data raises here (OSError and friends)
+    orientation = _orientation(img)
     rgb = _to_rgb(img)
     if min_side:
         factor = min(rgb.size) // min_side
@@ -178,6 +177,14 @@ def _decode(img: Image.Image, min_side: int | None) -> Image.Image:
     if method is not None:
         rgb = rgb.transpose(method)
     return rgb
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation of a loaded image, 1 (as stored) when absent or unreadable."""
+    try:
+        return int(img.getexif().get(_ORIENTATION_TAG, 1))
+    except Exception:  # noqa: BLE001 - broken EXIF metadata does not make the pixels unusable
+        return 1
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
