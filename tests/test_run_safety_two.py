@@ -87,7 +87,6 @@ def two_epochs(images, tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- item 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 1")
 def test_overwrite_removes_only_the_files_the_run_wrote(images, tmp_path, capsys):
     run = tmp_path / "run"
     assert _cli(["pretrain", images, "--out", run, "--max-steps", "1", *TINY], capsys)[0] == 0
@@ -107,7 +106,6 @@ def test_overwrite_removes_only_the_files_the_run_wrote(images, tmp_path, capsys
     assert (run / "train.log").read_text().count("pretraining test_resnet") == 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 1")
 @pytest.mark.parametrize("layout", ["project", "own-checkpoints"])
 def test_overwrite_refuses_a_folder_that_only_looks_like_a_run(images, tmp_path, capsys, layout):
     mine = tmp_path / "mine"
@@ -129,7 +127,6 @@ def test_overwrite_refuses_a_folder_that_only_looks_like_a_run(images, tmp_path,
 # ----------------------------------------------------------------------------- item 3
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 3")
 def test_a_second_process_on_a_busy_run_is_refused_naming_the_holder(images, tmp_path):
     run = tmp_path / "run"
     first = subprocess.Popen(
@@ -187,7 +184,6 @@ def test_a_lock_left_by_a_killed_process_does_not_block_a_resume(images, tmp_pat
 # ----------------------------------------------------------------------------- item 4
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 4")
 def test_resume_scores_a_kept_checkpoint_that_a_kill_left_unscored(two_epochs, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(two_epochs, run)
@@ -210,7 +206,6 @@ def test_resume_scores_a_kept_checkpoint_that_a_kill_left_unscored(two_epochs, t
 # ----------------------------------------------------------------------------- item 5
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 5")
 def test_resume_after_the_image_folder_changed_is_refused_unless_forced(images, tmp_path, capsys):
     data = tmp_path / "images"
     shutil.copytree(images, data)
@@ -235,7 +230,6 @@ def test_resume_after_the_image_folder_changed_is_refused_unless_forced(images, 
 # ----------------------------------------------------------------------------- item 6
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 6")
 def test_a_forced_resume_with_another_batch_size_continues_at_the_next_epoch(
     images, tmp_path, capsys
 ):
@@ -255,7 +249,6 @@ def test_a_forced_resume_with_another_batch_size_continues_at_the_next_epoch(
 # ----------------------------------------------------------------------------- item 7
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 7")
 def test_a_closed_stdout_checkpoints_and_says_why(images, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(
@@ -276,7 +269,6 @@ def test_a_closed_stdout_checkpoints_and_says_why(images, tmp_path):
     assert "stdout" in (run / "train.log").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 7")
 def test_a_hangup_checkpoints_like_sigterm(images, tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen(
@@ -297,7 +289,6 @@ def test_a_hangup_checkpoints_like_sigterm(images, tmp_path):
 # ----------------------------------------------------------------------------- item 9
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 9")
 def test_checkpoints_and_the_export_honour_the_umask(images, tmp_path, capsys):
     run, export = tmp_path / "run", tmp_path / "export"
     old = os.umask(0o022)
@@ -323,7 +314,6 @@ def _truncate(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 10")
 def test_a_damaged_newest_checkpoint_is_shown_damaged_not_recommended(tmp_path, capsys):
     run = make_run(tmp_path / "run")  # epoch-0002 has the lower loss: recommended while sound
     _truncate(run / "checkpoints" / "epoch-0002" / "model.safetensors")
@@ -338,7 +328,6 @@ def test_a_damaged_newest_checkpoint_is_shown_damaged_not_recommended(tmp_path, 
     assert code == 1 and "damaged" in line and "epoch-0001" in line
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 10")
 def test_resume_from_damaged_weights_says_which_checkpoint_to_fall_back_to(tmp_path, capsys):
     make_images(tmp_path / "images", n=40)
     run = make_run(tmp_path / "run")
@@ -349,7 +338,6 @@ def test_resume_from_damaged_weights_says_which_checkpoint_to_fall_back_to(tmp_p
     assert code == 1 and f"delete {newest}" in line and "epoch-0001" in line
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 10")
 def test_export_best_says_when_the_recommended_checkpoint_was_deleted(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     (run / "report.json").write_text(json.dumps({"recommended": {"checkpoint": "epoch-0002"}}))
@@ -369,7 +357,6 @@ def _name_held_out(existing: list[str], count: int) -> str:
     return next(name for i in range(100_000) if zlib.crc32((name := f"bad_{i}.png").encode()) < cut)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 12")
 def test_an_unreadable_held_out_file_is_listed_and_counted(images, tmp_path, capsys):
     data = tmp_path / "images"
     shutil.copytree(images, data)
@@ -390,7 +377,6 @@ def _engine_pretrain():
     return pretrain
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 12")
 def test_a_full_disk_leaves_no_partial_checkpoint_and_is_logged(images, tmp_path):
     run = tmp_path / "run"
 
@@ -409,7 +395,6 @@ def test_a_full_disk_leaves_no_partial_checkpoint_and_is_logged(images, tmp_path
     assert os.strerror(errno.ENOSPC) in (run / "train.log").read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 12")
 def test_a_one_image_folder_is_told_to_add_images_not_to_lower_the_batch(tmp_path, capsys):
     data = make_images(tmp_path / "one", n=1)
     at = TINY.index("--holdout")
@@ -419,7 +404,6 @@ def test_a_one_image_folder_is_told_to_add_images_not_to_lower_the_batch(tmp_pat
     assert code == 2 and "at least 2 images" in line and "--batch-size" not in line
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 12")
 def test_resume_without_config_yaml_says_how_to_recover_not_to_overwrite(
     two_epochs, tmp_path, capsys
 ):
@@ -432,7 +416,6 @@ def test_resume_without_config_yaml_says_how_to_recover_not_to_overwrite(
     assert "--overwrite" not in line or "would delete" in line
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 12")
 def test_config_yaml_holds_the_numbers_without_float_noise(images, tmp_path, capsys):
     run = tmp_path / "run"
     args = ["pretrain", images, "--out", run, "--epochs", "3", "--max-steps", "1", *TINY]
