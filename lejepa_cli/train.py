@@ -99,9 +99,10 @@ class RunResult:
 
 
 IMAGES_RECORD = "images.npy"  # what the run saw of its image folder (data.record)
-LOCK = ".lock"
 # Every file a run writes at its top level; --overwrite removes these and nothing else.
 _OWN_FILES = (
+    "trackers.json",  # the trackers' run ids: a new run must not continue the old ones
+    "mlflow.db",
     CONFIG,
     METRICS,
     LOG,
@@ -111,6 +112,10 @@ _OWN_FILES = (
     "report.json",
     "report.html",
 )
+
+
+# Folders the trackers write into a run (--log-to): the tool's own, removed whole.
+_OWN_FOLDERS = ("tensorboard", "mlflow-artifacts", "wandb")
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -202,7 +207,11 @@ def _clear_run_dir(out: Path) -> None:
     for name in _OWN_FILES:
         (out / name).unlink(missing_ok=True)
     for p in out.glob(".*.tmp*"):  # temporary files of interrupted atomic writes
-        p.unlink(missing_ok=True) if not p.is_dir() else None
+        if not p.is_dir():
+            p.unlink(missing_ok=True)
+    for name in _OWN_FOLDERS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            shutil.rmtree(out / name)
     root = out / checkpoint.CHECKPOINTS
     if root.is_dir() and not root.is_symlink():
         for p in root.iterdir():

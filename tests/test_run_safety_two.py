@@ -94,10 +94,14 @@ def test_overwrite_removes_only_the_files_the_run_wrote(images, tmp_path, capsys
     (run / "analysis").mkdir()
     (run / "analysis" / "plot.py").write_text("print(1)\n")
     (run / "checkpoints" / "mine.pt").write_bytes(b"my weights")
+    (run / "trackers.json").write_text('{"mlflow": "old-run-id"}')  # as --log-to writes them
+    (run / "tensorboard").mkdir()
+    (run / "tensorboard" / "events.out.tfevents.1").write_bytes(b"old events")
     code, _, err = _cli(
         ["pretrain", images, "--out", run, "--epochs", "1", "--overwrite", *TINY], capsys
     )
     assert code == 0, err
+    assert not (run / "trackers.json").exists() and not (run / "tensorboard").exists()
     assert (run / "notes.txt").read_text() == "mine\n"
     assert (run / "analysis" / "plot.py").read_text() == "print(1)\n"
     assert (run / "checkpoints" / "mine.pt").read_bytes() == b"my weights"
