@@ -33,6 +33,14 @@ LAST = "last.json"
 _NAME = re.compile(r"^(epoch-\d{4,}|step-\d{7,})$")
 
 
+def is_own_name(name: str) -> bool:
+    """Whether an entry of checkpoints/ was written by lejepa: a checkpoint, last.json, or a
+    temporary file or folder of an interrupted write."""
+    return (
+        bool(_NAME.match(name)) or name == LAST or name.startswith((".tmp-", ".old-", f".{LAST}."))
+    )
+
+
 def epoch_name(epoch: int) -> str:
     return f"epoch-{epoch:04d}"
 
@@ -71,11 +79,13 @@ def save(
     train_state: dict[str, Any],
     meta: dict[str, Any],
     before_rename=None,
+    files: dict[str, str] | None = None,
 ) -> Path:
     """Write a checkpoint atomically and point last.json at it. Returns its directory.
 
-    `before_rename` is called with the temporary directory once its files are written; tests
-    use it to simulate a crash in the middle of a checkpoint write.
+    `files` are written beside them (name -> text). `before_rename` is called with the temporary
+    directory once its files are written; tests use it to simulate a crash in the middle of a
+    checkpoint write.
     """
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -84,18 +94,24 @@ def save(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-    save_tensors(tensors, tmp / "model.safetensors", {"format": "pt"})
-    save_train_state(train_state, tmp / TRAIN_STATE)
-    (tmp / "meta.json").write_text(
-        json.dumps({**meta, "name": name, "saved_at": time.time()}, indent=2)
-    )
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
-    if before_rename is not None:
-        before_rename(tmp)
+    try:
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+        save_tensors(tensors, tmp / "model.safetensors", {"format": "pt"})
+        save_train_state(train_state, tmp / TRAIN_STATE)
+        (tmp / "meta.json").write_text(
+            json.dumps({**meta, "name": name, "saved_at": time.time()}, indent=2)
+        )
+        for file_name, text in (files or {}).items():  # e.g. a copy of the run's config.yaml
+            (tmp / file_name).write_text(text, encoding="utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if before_rename is not None:
+            before_rename(tmp)
+    except Exception:  # a full disk: leave no half-written folder behind (a kill still can)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # re-saving the same name (e.g. after a resume): swap, then drop the old
         old = root / f".old-{name}-{os.getpid()}"
         os.replace(final, old)
@@ -223,6 +239,53 @@ def read_meta(ckpt: Path) -> dict[str, Any]:
         ) from None
 
 
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file is damaged (missing, truncated, a header that does not parse),
+    or None. Reads the header only: cheap enough for every listing of a run."""
+    import struct
+
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return "shorter than a safetensors header"
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                return "truncated (its header runs past the end of the file)"
+            header = json.loads(f.read(length))
+    except FileNotFoundError:
+        return "missing"
+    except PermissionError:
+        return None  # not damage: the command that reads it says so
+    except (OSError, ValueError) as exc:
+        return f"unreadable ({exc})"
+    if not isinstance(header, dict):
+        return "its header is not a mapping"
+    ends = [
+        v["data_offsets"][1]
+        for k, v in header.items()
+        if k != "__metadata__" and isinstance(v, dict) and isinstance(v.get("data_offsets"), list)
+    ]
+    if size - 8 - length < max(ends, default=0):
+        return "truncated (the file ends before its last tensor)"
+    return None
+
+
+def damage(ckpt: Path) -> str | None:
+    """What is wrong with a checkpoint's files, or None when they look whole."""
+    ckpt = Path(ckpt)
+    try:
+        _load_meta(ckpt)
+    except (OSError, ValueError) as exc:
+        return f"meta.json: {exc}"
+    for name in ("model.safetensors", TRAIN_STATE):
+        problem = safetensors_problem(ckpt / name)
+        if problem is not None:
+            return f"{name} is {problem}"
+    return None
+
+
 def _sound(ckpt: Path) -> bool:
     try:
         _load_meta(ckpt)
@@ -290,6 +353,13 @@ def resolve(run_dir: Path, which: str = "last") -> Path:
             best = None
         if _plain_name(best) and (run_dir / CHECKPOINTS / best / "meta.json").is_file():
             return run_dir / CHECKPOINTS / best
+        if _plain_name(best):
+            names = ", ".join(p.name for p in found)
+            raise RunDirError(
+                f"report.json of {run_dir} recommends {best}, which is no longer in its "
+                f"checkpoints; pass --checkpoint last or one of {names} (`lejepa inspect "
+                f"{run_dir}` ranks them)"
+            )
         raise RunDirError(
             f"{run_dir} has no checkpoint ranking yet (report.json); use --checkpoint last or an epoch number"
         )
@@ -315,6 +385,15 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
             raise
         num = int(code.group(1))
         raise OSError(num, os.strerror(num), str(path)) from None
+    # safetensors creates its files 0600; give them the mode every other file gets.
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it, then putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def check_readable(path: Path) -> None:
@@ -342,7 +421,9 @@ def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tenso
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:
-        raise CheckpointError(f"cannot read weights from {path}: {exc}") from None
+        raise CheckpointError(
+            f"cannot read weights from {path} ({exc}); the file is damaged: " + weights_fix(path)
+        ) from None
     # Training never saves non-finite weights: NaN or inf here is damage, and it would only
     # surface as embeddings of NaN. One pass over each tensor, cheap beside any forward pass.
     bad = next(

@@ -412,7 +412,7 @@ def resolve_weight_decay(cfg: PretrainConfig, transformer: bool) -> float:
 def resolve_warmup(cfg: PretrainConfig) -> float:
     if cfg.warmup_epochs != AUTO:
         return float(cfg.warmup_epochs)
-    return float(min(10.0, 0.1 * cfg.epochs))
+    return float(min(10.0, cfg.epochs / 10))  # 3 / 10 is 0.3; 0.1 * 3 is not
 
 
 def resolve_keep_every(cfg: PretrainConfig) -> int:

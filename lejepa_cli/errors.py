@@ -37,6 +37,10 @@ class CheckpointError(LejepaError):
     """A checkpoint or export cannot be read or does not match."""
 
 
+class RunLocked(LejepaError):
+    """Another live process is using the run directory. Exit code 1: try again when it ends."""
+
+
 class DivergedError(LejepaError):
     """Training produced a non-finite loss."""
 

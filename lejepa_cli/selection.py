@@ -57,7 +57,6 @@ from lejepa_cli.data.holdout import (  # noqa: F401  (the names callers import f
     multicrop_config,
     split_holdout,
 )
-from lejepa_cli.errors import CheckpointError
 
 log = logging.getLogger("lejepa_cli.selection")
 
@@ -138,7 +137,7 @@ class HeldoutResult:
     pred: float
     sigreg: float
     num_images: int  # images that decoded (unreadable held-out files are left out)
-    skipped: list[str]  # "relpath: reason" of those left out
+    skipped: list[tuple[str, str]]  # (relpath, reason) of those left out
     features: np.ndarray  # (N, F) backbone embeddings of the first global view
 
 
@@ -193,11 +192,11 @@ def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> Heldout
     )
     global_parts, all_parts, feature_parts, skipped = [], [], [], []
 
-    def load(i: int) -> dict[str, torch.Tensor] | str:
+    def load(i: int) -> dict[str, torch.Tensor] | tuple[str, str]:
         try:
             return holdout_crops(holdout, i, cropper)
         except DecodeError as exc:
-            return f"{holdout.relpath(i)}: {exc.reason}"
+            return (holdout.relpath(i), exc.reason)
 
     # Pillow decodes outside the GIL: a few threads hide most of the decoding. Each image's
     # crops depend on its position only, so the result does not depend on the threads.
@@ -210,7 +209,7 @@ def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> Heldout
             for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
                 crops = []
                 for got in pool.map(load, range(int(start), int(stop))):
-                    (skipped if isinstance(got, str) else crops).append(got)
+                    (skipped if isinstance(got, tuple) else crops).append(got)
                 if len(crops) < 2:  # nothing, or one image whose batch statistics are undefined
                     continue
                 g = torch.stack([c["global_crops"] for c in crops], dim=1)  # (Vg, b, 3, G, G)
@@ -377,14 +376,17 @@ def rank_checkpoints(run_dir: Path, lam: float) -> list[dict[str, Any]]:
         entry["score_source"] = "heldout" if rec.get("score") is not None else "train"
         entries[rec["checkpoint"]] = entry
     for name, path in existing.items():
-        try:
-            meta = ckpt_io.read_meta(path)
-        except CheckpointError as exc:  # damaged: listed with why, never recommended
+        problem = ckpt_io.damage(path)
+        if problem is not None:  # damaged: listed with why, never recommended
             entry = entries.get(name) or {"checkpoint": name, "score_source": "train"}
             entry["exists"] = False
-            entry["errors"] = [*(entry.get("errors") or []), str(exc)]
+            entry["errors"] = [
+                *(entry.get("errors") or []),
+                f"{path} is damaged ({problem}): " + ckpt_io.damaged_checkpoint_fix(path),
+            ]
             entries[name] = entry
             continue
+        meta = ckpt_io.read_meta(path)
         if name in entries and entries[name].get("score") is not None:
             continue
         entry = entries.get(name) or {"checkpoint": name}

@@ -20,12 +20,14 @@ prediction loss, a local mean, is divided by the world size to keep the total ex
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import json
 import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from torch import nn
 
 from lejepa_cli import checkpoint, config, distributed
 from lejepa_cli.config import AUTO, PretrainConfig
+from lejepa_cli.data import record as folder_record
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import (
     CheckpointError,
@@ -58,6 +61,7 @@ from lejepa_cli.model import (
 )
 from lejepa_cli.objective import lejepa_loss
 from lejepa_cli.progress import QuietReporter
+from lejepa_cli.runlock import RunLock
 from lejepa_cli.trackers import build_trackers
 from lejepa_cli.training.callbacks import Callbacks, CheckpointInfo, RunContext
 
@@ -96,8 +100,41 @@ class RunResult:
 # ----------------------------------------------------------------------------- run directory
 
 
+IMAGES_RECORD = "images.npy"  # what the run saw of its image folder (data.record)
+# Every file a run writes at its top level; --overwrite removes these and nothing else.
+_OWN_FILES = (
+    "trackers.json",  # the trackers' run ids: a new run must not continue the old ones
+    "mlflow.db",
+    CONFIG,
+    METRICS,
+    LOG,
+    SKIPPED,
+    IMAGES_RECORD,
+    "selection.jsonl",
+    "report.json",
+    "report.html",
+)
+
+
+# Folders the trackers write into a run (--log-to): the tool's own, removed whole.
+_OWN_FOLDERS = ("tensorboard", "mlflow-artifacts", "wandb")
+
+
 def _is_run_dir(path: Path) -> bool:
-    return (path / CONFIG).is_file() or (path / checkpoint.CHECKPOINTS).is_dir()
+    """Whether a folder holds a lejepa run: a config.yaml this tool reads, or a checkpoint
+    folder it wrote (a folder of the user's with a config.yaml of its own is not a run)."""
+    if (
+        checkpoint.list_checkpoints(path)
+        or (path / checkpoint.CHECKPOINTS / checkpoint.LAST).is_file()
+    ):
+        return True
+    if not (path / CONFIG).is_file():
+        return False
+    try:
+        config.read_saved(path / CONFIG)
+    except Exception:
+        return False
+    return True
 
 
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
@@ -116,6 +153,11 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if not exists:
         return
+    if overwrite and not _is_run_dir(out):
+        raise RunDirError(
+            f"{out} is not empty and does not look like a lejepa run (no config.yaml or "
+            "checkpoint written by lejepa pretrain); refusing to overwrite it, choose another --out"
+        )
     if not overwrite and _is_run_dir(out) and checkpoint.last(out) is None:
         raise RunDirError(
             f"run directory {out} holds a run that stopped before its first checkpoint; pass "
@@ -125,11 +167,6 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise RunDirError(
             f"run directory {out} already exists and is not empty; pass --resume to continue it "
             "or --overwrite to start over"
-        )
-    if not _is_run_dir(out):
-        raise RunDirError(
-            f"{out} is not empty and does not look like a run directory; refusing to overwrite "
-            "it, choose another --out"
         )
 
 
@@ -167,8 +204,38 @@ def check_patch_multiple(backbone, cfg: PretrainConfig) -> None:
 
 
 def _clear_run_dir(out: Path) -> None:
-    for p in out.iterdir():
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    """Remove what an earlier run wrote into `out`, and nothing else: the user's own files
+    (notes, analyses, their own checkpoints) stay."""
+    for name in _OWN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for p in out.glob(".*.tmp*"):  # temporary files of interrupted atomic writes
+        if not p.is_dir():
+            p.unlink(missing_ok=True)
+    for name in _OWN_FOLDERS:
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            shutil.rmtree(out / name)
+    root = out / checkpoint.CHECKPOINTS
+    if root.is_dir() and not root.is_symlink():
+        for p in root.iterdir():
+            ours = checkpoint.is_own_name(p.name)
+            if ours and p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif ours:
+                p.unlink()
+        _rmdir_if_empty(root)
+    probe = out / "probe"  # `lejepa probe RUN`'s results, made with the old weights
+    if probe.is_dir() and not probe.is_symlink():
+        for name in ("probe.json", "confusion.png"):
+            (probe / name).unlink(missing_ok=True)
+        for p in (probe / "cache").glob("features-*.npz"):
+            p.unlink()
+        _rmdir_if_empty(probe / "cache")
+        _rmdir_if_empty(probe)
+
+
+def _rmdir_if_empty(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -195,8 +262,21 @@ def resolve_config(
             raise UsageError("DATA is required: the folder of images to pretrain on")
         return config.build(overrides), []
     if not (out_path / CONFIG).is_file():
+        newest = checkpoint.last(out_path)
+        if newest is None:
+            raise RunDirError(
+                f"nothing to resume in {out_path}: it is not a run; start a run there without "
+                "--resume"
+            )
+        copy = newest / CONFIG
+        fix = (
+            f"copy {copy} back to {out_path / CONFIG}"
+            if copy.is_file()
+            else f"put the run's {CONFIG} back (from a backup or another copy of the run)"
+        )
         raise RunDirError(
-            f"nothing to resume in {out_path}: it is not a run; start a run there without --resume"
+            f"{out_path} has checkpoints (newest {newest.name}) but no {CONFIG}, so its "
+            f"settings are unknown: {fix}, then resume (--overwrite would delete the checkpoints)"
         )
     if checkpoint.last(out_path) is None:
         raise RunDirError(
@@ -453,7 +533,10 @@ class TrainStep:
 
 
 class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, checkpoints and exits."""
+    """SIGINT, SIGTERM and SIGHUP (a closed ssh session) set a flag, and so does a closed
+    stdout (as SIGPIPE); the loop finishes its step, checkpoints and exits."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self):
         self.signum = 0
@@ -461,9 +544,14 @@ class _StopFlag:
 
     def __enter__(self):
         if threading_main():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def describe(self) -> str:
+        if self.signum == signal.SIGPIPE:
+            return "stdout being closed (SIGPIPE)"
+        return f"signal {signal.Signals(self.signum).name}" if self.signum else "no signal"
 
     def _handle(self, signum, frame):
         if self.signum:  # a second signal: stop now
@@ -474,6 +562,102 @@ class _StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         return False
+
+
+class _GuardedReporter:
+    """A reporter whose output may vanish: when stdout is closed (`lejepa pretrain | head`),
+    progress goes quiet, stdout is pointed at /dev/null (so that nothing fails on exit) and
+    the run stops as it does on SIGTERM, with a checkpoint."""
+
+    def __init__(self, inner: Reporter, stop: _StopFlag):
+        self.inner = inner
+        self.stop = stop
+        self.closed = False
+
+    def _call(self, method: str, *args) -> None:
+        if self.closed:
+            return
+        try:
+            getattr(self.inner, method)(*args)
+        except OSError as exc:
+            if not isinstance(exc, BrokenPipeError) and exc.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            self.closed = True
+            _silence_stdout()
+            self.stop.signum = self.stop.signum or signal.SIGPIPE
+
+    def start(self, total_steps: int, start_step: int, steps_per_epoch: int) -> None:
+        self._call("start", total_steps, start_step, steps_per_epoch)
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        self._call("update", metrics)
+
+    def message(self, text: str) -> None:
+        self._call("message", text)
+
+    def close(self) -> None:
+        self._call("close")
+
+
+def _silence_stdout() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+def resume_position(
+    meta: dict[str, Any], step: int, steps_per_epoch: int, batch_size: int, num_train: int
+) -> tuple[int, int, int, bool]:
+    """Where a resume continues: (epoch index, batch in that epoch, images seen, moved).
+
+    With the run's own batch size and images this is exactly where it stopped. After a forced
+    change of either, steps no longer map to epochs, so the position comes from the images:
+    the epoch the checkpoint was in, at the same place in that epoch's sample order, rounded
+    down to a whole batch (a few images may be seen twice; none and no epoch is skipped).
+    `moved` says the position was recomputed.
+    """
+    seen = int(meta.get("images_seen", step * batch_size))
+    old_batch = int(meta.get("batch_size") or (seen // step if step else batch_size))
+    old_train = int(meta.get("num_train_images", num_train))
+    epoch = int(meta.get("epoch", 0))
+    if "epoch_images" in meta:
+        into = int(meta["epoch_images"])
+    elif str(meta.get("name", "")).startswith("epoch-"):
+        into = 0
+    else:  # older checkpoints: the images of the epochs before, as they were cut then
+        into = seen - epoch * (old_train // max(1, old_batch)) * old_batch
+    batch = max(0, into) // batch_size
+    if batch >= steps_per_epoch:
+        epoch, batch = epoch + 1, 0
+    moved = old_batch != batch_size or old_train != num_train
+    return epoch, batch, seen, moved
+
+
+def _score_unscored(run_dir: Path, model, keep_every: int, cfg, message, score) -> None:
+    """Score the kept checkpoints that have no record in selection.jsonl: a stop between
+    writing a checkpoint and scoring it leaves one, which the ranking would otherwise leave
+    out. The model's own weights are put back afterwards."""
+    from lejepa_cli.selection import read_history
+
+    scored = {rec["checkpoint"] for rec in read_history(run_dir)}
+    waiting = [
+        p
+        for p in checkpoint.list_checkpoints(run_dir)
+        if p.name not in scored
+        and _kept(p, keep_every, cfg.epochs)
+        and checkpoint.damage(p) is None
+    ]
+    if not waiting:
+        return
+    own = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        for ckpt in waiting:
+            model.load_state_dict(checkpoint.load_weights(ckpt), strict=True)
+            message(f"scoring {ckpt.name}, which the last stop left unscored")
+            score(ckpt)
+    finally:
+        model.load_state_dict(own, strict=True)
 
 
 def threading_main() -> bool:
@@ -633,14 +817,37 @@ def pretrain(
     reporter = reporter if (reporter is not None and dist.is_main) else QuietReporter()
     run_dir = Path(cfg.out)
     runlog: _RunLog | None = None
+    lock = RunLock(run_dir)
+    stop = _StopFlag()
+    reporter = _GuardedReporter(reporter, stop)
     end_step: int | None = None  # set once the trackers have started: on_end is then owed
     try:
         prepare_run_dir(run_dir, resume, overwrite)
+        if dist.is_main and run_dir.is_dir():
+            lock.acquire(create=False)  # a busy run is refused before anything else
         if overwrite:
             _refuse_inputs_inside(
                 run_dir, {"DATA": cfg.data, "--labels": cfg.labels, "--config": config_file}
             )
         index = scan_folder(cfg.data)  # a wrong folder fails before the run directory is made
+        image_keys = folder_record.path_keys(index)
+        folder_change = None
+        if resume:
+            recorded = folder_record.load(run_dir / IMAGES_RECORD)
+            if recorded is not None:
+                folder_change = folder_record.compare(recorded, image_keys) or None
+            if folder_change and not force:
+                raise RunDirError(
+                    f"the image folder {cfg.data} changed since the run started: "
+                    f"{folder_change.describe()}; that changes the steps per epoch, the sample "
+                    "order and the held-out images, so restore the folder, or pass --force to "
+                    "continue on it as it is now"
+                )
+        if len(index) < 2:
+            raise DataError(
+                f"{cfg.data} holds {len(index)} image; LeJEPA needs at least 2 images (SIGReg "
+                "measures the spread of a batch): add images to the folder"
+            )
         # every check that needs the images runs before the run directory is touched
         cfg = resolve_auto(cfg, index, dist)
         if cfg.batch_size % dist.world_size:
@@ -660,10 +867,15 @@ def pretrain(
             )
         train_index, holdout_index = split_holdout(index, int(cfg.holdout))
         steps_per_epoch = len(train_index) // cfg.batch_size
+        if len(train_index) < 2:
+            raise DataError(
+                f"--holdout {cfg.holdout} leaves {len(train_index)} of the {len(index)} images "
+                f"in {cfg.data} for training, and a batch needs at least 2 images; lower --holdout"
+            )
         if steps_per_epoch == 0:
             raise DataError(
                 f"{len(train_index)} training images in {cfg.data} do not fill one batch of "
-                f"{cfg.batch_size}; lower --batch-size (or --holdout)"
+                f"{cfg.batch_size}; lower --batch-size to {len(train_index)} or less"
             )
         total_steps = steps_per_epoch * cfg.epochs
 
@@ -682,10 +894,18 @@ def pretrain(
         model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
         step_fn = TrainStep(model, cfg, spec, device, dist, total_steps, steps_per_epoch)
 
-        start_step = 0
+        start_step = start_epoch = start_batch = 0
+        start_images = 0  # images seen before this call
+        moved = False
         if resume:
             ckpt = checkpoint.last(run_dir)
-            weights = checkpoint.load_weights(ckpt)
+            try:
+                weights = checkpoint.load_weights(ckpt)
+            except CheckpointError:
+                raise CheckpointError(
+                    f"{ckpt}/model.safetensors cannot be read, so the run cannot resume there; "
+                    + checkpoint.damaged_fix(ckpt)
+                ) from None
             own = model.state_dict()
             key = checkpoint.float_mismatch(own, weights)
             if key is not None:
@@ -712,18 +932,32 @@ def pretrain(
                 ) from None
             if device.type == "cuda" and "cuda_rng" in state:
                 torch.cuda.set_rng_state(state["cuda_rng"], device)
+            start_epoch, start_batch, start_images, moved = resume_position(
+                checkpoint.read_meta(ckpt),
+                start_step,
+                steps_per_epoch,
+                cfg.batch_size,
+                len(train_index),
+            )
+            # The loop counts steps on from the checkpoint's; its position in the epochs is
+            # (start_epoch, start_batch), which differs from divmod(step) after a forced change.
+            total_steps = start_step + steps_per_epoch * (cfg.epochs - start_epoch) - start_batch
+            step_fn.total_steps = total_steps
+        step_base = start_step - (start_epoch * steps_per_epoch + start_batch)
 
         # Everything that can refuse the run has run: only now is the directory touched, so a
         # refused command leaves it (and a resumed run's config.yaml) as it was.
         distributed.barrier()
         if dist.is_main:
-            if overwrite and run_dir.exists():
-                _clear_run_dir(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+            if overwrite:
+                _clear_run_dir(run_dir)
             checkpoint.clean_partial(run_dir)
             config.save_yaml(cfg, run_dir / CONFIG)
+            if not resume or folder_change or not (run_dir / IMAGES_RECORD).is_file():
+                folder_record.save(run_dir / IMAGES_RECORD, image_keys)
         distributed.barrier()
-        start_epoch, start_batch = divmod(start_step, steps_per_epoch)
 
         dataset = MultiCropDataset(train_index, MultiCrop(multicrop_config(cfg)), seed=cfg.seed)
         runlog = _RunLog(run_dir, dist.is_main, start_step if resume else None)
@@ -737,6 +971,14 @@ def pretrain(
             message(f"resuming {run_dir} at step {start_step} (epoch {start_epoch + 1})")
             for key, old, new in changes:
                 message(f"config change forced: {key}: {old!r} -> {new!r}")
+            if folder_change:
+                message(f"image folder change forced: {folder_change.describe()}")
+            if moved:
+                message(
+                    f"the steps per epoch changed: continuing at epoch {start_epoch + 1}, image "
+                    f"{start_batch * cfg.batch_size} of its order, from the {start_images} "
+                    "images seen"
+                )
         else:
             message(
                 f"pretraining {cfg.arch} on {len(train_index)} images from {cfg.data} "
@@ -770,7 +1012,12 @@ def pretrain(
                 meta = {
                     "epoch": epoch_done,
                     "step": step,
-                    "images_seen": step * cfg.batch_size,
+                    "images_seen": start_images + (step - start_step) * cfg.batch_size,
+                    "batch_size": cfg.batch_size,
+                    # images into the epoch under way: where a resume continues its order
+                    "epoch_images": ((step - step_base) % steps_per_epoch) * cfg.batch_size
+                    if name.startswith("step-")
+                    else 0,
                     "num_train_images": len(train_index),
                     "arch": cfg.arch,
                     "global_size": int(cfg.global_size),
@@ -788,7 +1035,13 @@ def pretrain(
                     "version": cfg.version,
                 }
                 path = checkpoint.save(
-                    run_dir, name, model.state_dict(), state, meta, before_rename=checkpoint_hook
+                    run_dir,
+                    name,
+                    model.state_dict(),
+                    state,
+                    meta,
+                    before_rename=checkpoint_hook,
+                    files={CONFIG: (run_dir / CONFIG).read_text(encoding="utf-8")},
                 )
                 runlog.log(f"checkpoint {name} written (step {step})")
                 kept = name.startswith("epoch-") and (
@@ -801,11 +1054,28 @@ def pretrain(
             return path
 
         keep_every = int(cfg.keep_every)
+
+        def score(ckpt: Path) -> dict[str, Any]:
+            """Rank 0: the held-out score of a kept checkpoint, logged and returned; unreadable
+            held-out files join skipped.txt."""
+            scores = after_checkpoint(run_dir, ckpt, model, holdout_index, cfg, spec, device)
+            unreadable = [tuple(p) for p in scores.get("heldout_skipped") or []]
+            if unreadable:
+                runlog.add_skipped(unreadable)
+                runlog.write_skipped()
+            line = _score_line(ckpt.name, scores) if scores else None
+            if line:
+                message(line)
+            return scores
+
         trace = Path(os.environ[TRACE_ENV]) if os.environ.get(TRACE_ENV) else None
         pending_skipped: list = []
         step = start_step
         last_ckpt: Path | None = checkpoint.last(run_dir) if resume else None
         last_loss: float | None = None
+        if resume and dist.is_main:
+            _score_unscored(run_dir, model, keep_every, cfg, message, score)
+        distributed.barrier()
         reporter.start(total_steps, start_step, steps_per_epoch)
         callbacks.on_start(
             RunContext(
@@ -820,7 +1090,7 @@ def pretrain(
         )
         end_step = start_step
         stop_reason = ""
-        with _StopFlag() as stop:
+        with stop:
             for epoch in range(start_epoch, cfg.epochs):
                 dataset.set_epoch(epoch)
                 sampler = EpochSampler(
@@ -878,7 +1148,7 @@ def pretrain(
                     end_step = step
                     interrupted = _any_rank(bool(stop.signum), device, dist)
                     at_limit = cfg.max_steps is not None and step >= cfg.max_steps
-                    if interrupted or (at_limit and step % steps_per_epoch):
+                    if interrupted or (at_limit and (step - step_base) % steps_per_epoch):
                         means = {k: v / count for k, v in sums.items()}
                         last_ckpt = save(checkpoint.step_name(step), epoch, step, means)
                         stop_reason = "signal" if interrupted else "max_steps"
@@ -886,7 +1156,7 @@ def pretrain(
                     if at_limit:  # the limit falls on an epoch end: save as that epoch below
                         stop_reason = "max_steps"
                 del loader
-                if stop_reason and step % steps_per_epoch:
+                if stop_reason and (step - step_base) % steps_per_epoch:
                     break
                 # Epoch finished: checkpoint, keep it for model selection or drop the previous one.
                 means = {k: v / max(1, count) for k, v in sums.items()}
@@ -901,14 +1171,9 @@ def pretrain(
                     ):
                         shutil.rmtree(previous, ignore_errors=True)
                     if kept:
-                        scores = after_checkpoint(
-                            run_dir, last_ckpt, model, holdout_index, cfg, spec, device
-                        )
+                        scores = score(last_ckpt)
                         if scores:
                             callbacks.on_score(last_ckpt.name, step, scores)
-                        line = _score_line(last_ckpt.name, scores) if scores else None
-                        if line:
-                            message(line)
                 distributed.barrier()
                 if stop_reason:
                     break
@@ -916,19 +1181,21 @@ def pretrain(
         if dist.is_main:
             runlog.write_skipped()
             write_report(run_dir)
-        runlog.log(f"stopped at step {step} ({stop_reason or 'finished'})")
+        why = stop.describe() if stop_reason == "signal" else stop_reason or "finished"
+        runlog.log(f"stopped at step {step} ({why})")
         callbacks.on_end(step, stop_reason or "finished")  # after the report: trackers attach it
         callbacks = None
         if stop_reason == "signal":
             raise Interrupted(
-                f"stopped by signal at step {step}; checkpoint {last_ckpt.name if last_ckpt else '-'} "
-                f"written. Resume with: {_resume_command(cfg)}",
+                f"stopped by {why} at step {step}; checkpoint "
+                f"{last_ckpt.name if last_ckpt else '-'} written. Resume with: "
+                f"{_resume_command(cfg)}",
                 stop.signum,
             )
         return RunResult(
             run_dir=run_dir,
             step=step,
-            epoch=step // steps_per_epoch,
+            epoch=start_epoch + (step - start_step + start_batch) // steps_per_epoch,
             finished=step >= total_steps,
             checkpoint=last_ckpt,
             last_loss=last_loss,
@@ -937,7 +1204,7 @@ def pretrain(
             is_main=dist.is_main,
             start_step=start_step,
         )
-    except DivergedError as exc:
+    except Exception as exc:  # the reason a run stopped belongs in its log (a full disk...)
         if runlog is not None:
             runlog.log(f"error: {exc}")
         raise
@@ -947,6 +1214,7 @@ def pretrain(
         reporter.close()  # stop a live progress bar before the error line is printed
         if runlog is not None:
             runlog.close()
+        lock.release()
         distributed.shutdown()
 
 
@@ -966,12 +1234,14 @@ def _trace(folder: Path, dist: DistInfo, step: int, indices, cfg: PretrainConfig
         f.write(json.dumps(row) + "\n")
 
 
-def _kept(ckpt: Path, keep_every: int) -> bool:
-    """Whether a checkpoint is one kept for model selection (epoch checkpoints on the grid)."""
+def _kept(ckpt: Path, keep_every: int, epochs: int | None = None) -> bool:
+    """Whether a checkpoint is one kept for model selection (epoch checkpoints on the grid,
+    and the last epoch's when `epochs` is given)."""
     name = ckpt.name
     if not name.startswith("epoch-"):
         return False
-    return int(name.split("-")[1]) % keep_every == 0
+    number = int(name.split("-")[1])
+    return number % keep_every == 0 or number == epochs
 
 
 def _score_line(name: str, scores: dict[str, Any]) -> str | None:

@@ -226,9 +226,9 @@ def test_overwrite_replaces_a_run_and_is_required_to_reuse_its_directory(images,
     assert "already exists" in line and "--resume" in line and "--overwrite" in line
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()} == before
 
-    # With --overwrite: the old files are gone and the new run is all there is.
+    # With --overwrite: the old run's files are gone, the user's note stays.
     assert run_cli("pretrain", str(images), "--out", str(run), *second, "--overwrite") == 0
-    assert not (run / "notes.txt").exists()
+    assert (run / "notes.txt").read_text() == "left by the user"
     assert [p.name for p in checkpoint.list_checkpoints(run)] == ["epoch-0001"]
     assert sorted(losses(run)) == [1, 2]
     saved = config.read_saved(run / "config.yaml")
@@ -246,7 +246,7 @@ def test_overwrite_refuses_a_folder_that_is_not_a_run(images, tmp_path, capsys):
     (other / "keep.txt").write_text("precious")
     assert run_cli("pretrain", str(images), "--out", str(other), *TINY, "--overwrite") == 2
     line = error_line(capsys.readouterr().err)
-    assert "does not look like a run directory" in line
+    assert "does not look like a lejepa run" in line
     assert [p.name for p in other.iterdir()] == ["keep.txt"]
 
 

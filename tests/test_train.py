@@ -67,8 +67,16 @@ def test_two_epochs_write_the_run_directory(images, tmp_path):
     run = tmp_path / "run"
     assert run_cli("pretrain", str(images), "--out", str(run), "--epochs", "2", *TINY) == 0
 
-    ckpt_files = {"model.safetensors", "train_state.safetensors", "meta.json", "heldout.json"}
+    ckpt_files = {
+        "model.safetensors",
+        "train_state.safetensors",
+        "meta.json",
+        "heldout.json",
+        "config.yaml",  # a copy: a run whose config.yaml was lost can still be resumed
+    }
     expected = {
+        ".lock",
+        "images.npy",
         "config.yaml",
         "metrics.jsonl",
         "train.log",

@@ -112,16 +112,27 @@ def pretrain(
         None, "--config", help="YAML file whose keys mirror these flags (flags win)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run in --out."),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="Replace the run in --out: removes the files a run writes there, and only those.",
+    ),
     force: bool = typer.Option(
-        False, "--force", help="With --resume: accept a changed config (shown as a diff)."
+        False,
+        "--force",
+        help="With --resume: accept a changed config (shown as a diff) or a changed image "
+        "folder. With another batch size or image count the run continues in the epoch it "
+        "stopped in, at the same place in that epoch's order.",
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Pretrain a backbone on a folder of images with LeJEPA.
 
     Writes config.yaml, metrics.jsonl, checkpoints/, skipped.txt, selection.jsonl, report.json,
-    report.html and train.log into --out. Multi-GPU: torchrun --nproc-per-node N -m lejepa_cli pretrain ...
+    report.html and train.log into --out. One process at a time: a second one on the same --out
+    is refused with the holder's PID and host (the lock is released by the system when the
+    process ends, even when it is killed). SIGINT, SIGTERM, SIGHUP or a closed stdout write a
+    checkpoint and stop. Multi-GPU: torchrun --nproc-per-node N -m lejepa_cli pretrain ...
     """
     from lejepa_cli import config as config_module
     from lejepa_cli.progress import make_reporter

@@ -49,8 +49,8 @@ class _Skip(Exception):
 
 def _holdout(run_dir: Path):
     from lejepa_cli import config
-    from lejepa_cli.data.scan import scan_folder
     from lejepa_cli.data.holdout import split_holdout
+    from lejepa_cli.data.scan import scan_folder
 
     cfg = config.read_saved(run_dir / "config.yaml")
     if not cfg.data or not Path(cfg.data).is_dir():
