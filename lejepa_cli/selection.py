@@ -661,7 +661,6 @@ def after_checkpoint(
             )
     record = clean_json(record)
     attempt("recording", lambda: _record(run_dir, ckpt_dir, record))
-    attempt("report", lambda: write_report(run_dir))
     return record
 
 
@@ -672,8 +671,9 @@ def _record(run_dir: Path, ckpt_dir: Path, record: dict[str, Any]) -> None:
 
 
 def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = True) -> list[dict]:
-    """Score every checkpoint on disk of an existing run, as training would have, and rewrite
-    its report (for a run copied from elsewhere, or scored again after its images moved).
+    """Score every checkpoint on disk of an existing run, as training would have (for a run
+    copied from elsewhere, or scored again after its images moved); `report.write_report`
+    then rewrites its report.
 
     Reads the run's config.yaml; the images are those of its `data` folder, held out as in
     training. Returns the records, oldest checkpoint first.
@@ -706,10 +706,3 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
             after_checkpoint(run_dir, ckpt, model, holdout, cfg, spec, device, strict=strict)
         )
     return records
-
-
-def write_report(run_dir: Path) -> tuple[Path, Path]:
-    """Rewrite RUN/report.json and RUN/report.html from what the run has recorded so far."""
-    from lejepa_cli.report import write_report as _write
-
-    return _write(Path(run_dir))

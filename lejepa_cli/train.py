@@ -47,7 +47,6 @@ from lejepa_cli.errors import (
     DivergedError,
     Interrupted,
     RunDirError,
-    UnreadableDataError,
     UsageError,
     require_utf8_path,
 )
@@ -296,34 +295,14 @@ def resolve_config(
     return cfg, changes
 
 
-def _typical_side(index, limit: int = 256) -> int:
-    """Median shorter side over a fixed sample of image headers."""
-    from lejepa_cli.data.decode import image_size
-
-    n = len(index)
-    picks = np.random.default_rng(0).choice(n, size=min(n, limit), replace=False)
-    sides = []
-    for i in sorted(picks.tolist()):
-        try:
-            w, h = image_size(index.abspath(i))[:2]
-            sides.append(min(w, h))
-        except Exception:  # unreadable headers are counted by the dataset later
-            continue
-    if not sides:
-        raise UnreadableDataError(
-            f"none of the sampled images in {index.root} could be read; "
-            f"check the folder with `lejepa inspect {index.root}`"
-        )
-    return int(np.median(sides))
-
-
 def resolve_auto(cfg: PretrainConfig, index, dist: DistInfo) -> PretrainConfig:
     """Replace the data- and machine-dependent 'auto' values (weight decay waits for the model)."""
+    from lejepa_cli.data.folder_stats import typical_side
     from lejepa_cli.data.multicrop import suggest_crop_sizes
 
     changes: dict[str, Any] = {}
     if AUTO in (cfg.global_size, cfg.local_size):
-        g, loc = suggest_crop_sizes(_typical_side(index))
+        g, loc = suggest_crop_sizes(typical_side(index))
         if cfg.global_size == AUTO:
             changes["global_size"] = g
         if cfg.local_size == AUTO:
@@ -790,14 +769,11 @@ def pretrain(
     file the overrides came from, which --overwrite must not delete.
     """
     from lejepa_cli.data.dataset import MultiCropDataset, collate_multicrop
+    from lejepa_cli.data.holdout import multicrop_config, split_holdout
     from lejepa_cli.data.multicrop import MultiCrop
     from lejepa_cli.data.scan import scan_folder
-    from lejepa_cli.selection import (
-        after_checkpoint,
-        multicrop_config,
-        split_holdout,
-        write_report,
-    )
+    from lejepa_cli.report import write_report
+    from lejepa_cli.selection import after_checkpoint
 
     started = time.time()
     cfg, changes = resolve_config(overrides, resume, force)
@@ -1059,6 +1035,10 @@ def pretrain(
             """Rank 0: the held-out score of a kept checkpoint, logged and returned; unreadable
             held-out files join skipped.txt."""
             scores = after_checkpoint(run_dir, ckpt, model, holdout_index, cfg, spec, device)
+            try:  # the ranking so far, readable while training goes on
+                write_report(run_dir)
+            except Exception as exc:  # costs the report, not the run; the end rewrites it
+                runlog.log(f"warning: report not written after {ckpt.name}: {exc}")
             unreadable = [tuple(p) for p in scores.get("heldout_skipped") or []]
             if unreadable:
                 runlog.add_skipped(unreadable)

@@ -141,3 +141,28 @@ def test_mean_of_a_coloured_folder(tmp_path):
     assert report.mean == pytest.approx(want.mean(0).tolist(), abs=0.01)
     assert all(s < w for s, w in zip(report.std, want.std(0), strict=True))
     json.dumps(report.to_dict())
+
+
+def test_inspect_suggests_the_sizes_that_auto_resolves_to(tmp_path):
+    """inspect's suggestion and `--global-size auto` read the same header sample: with 300
+    images, inspect's 2,000-image sample and pretrain's 256-image one used to disagree."""
+    from lejepa_cli.config import PretrainConfig
+    from lejepa_cli.data.scan import scan_folder
+    from lejepa_cli.distributed import DistInfo
+    from lejepa_cli.train import resolve_auto
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for i in range(300):  # shorter sides of 48 px (151 images) or 160 px: medians 48 and 160
+        side = 48 if i < 151 else 160
+        Image.new("L", (side, side + 8)).save(folder / f"{i:03d}.png")
+    report = inspect_folder(folder)
+    cfg = resolve_auto(
+        PretrainConfig(data=str(folder), out=str(tmp_path / "run"), device="cpu"),
+        scan_folder(folder),
+        DistInfo(),
+    )
+    assert (report.suggested_global_size, report.suggested_local_size) == (
+        int(cfg.global_size),
+        int(cfg.local_size),
+    )

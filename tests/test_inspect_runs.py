@@ -15,6 +15,7 @@ from lejepa_cli import checkpoint, selection
 from lejepa_cli.cli.base import main
 from lejepa_cli.errors import UsageError
 from lejepa_cli.inspect_artifacts import inspect_paths, sparkline
+from lejepa_cli.report import write_report
 
 
 def write_images(folder: Path, count: int = 32) -> None:
@@ -73,6 +74,7 @@ def runs(tmp_path_factory):
             )
         )
         selection.score_run(run)
+        write_report(run)
     return {"root": root, "good": good, "bad": bad, "other": other}
 
 

@@ -16,6 +16,7 @@ from helpers_runs import make_run
 from PIL import Image
 
 from lejepa_cli import checkpoint, report, selection
+from lejepa_cli.report import write_report
 
 NUMBER = (int, float)
 OPT_NUMBER = (int, float, type(None))
@@ -127,11 +128,12 @@ def scored_run(tmp_path_factory):
     run = make_run(root / "run", epochs=(1, 2, 3))
     write_metrics(run)
     selection.score_run(run)
+    write_report(run)
     return run
 
 
 def test_report_files_exist_validate_and_agree_with_best(scored_run):
-    json_path, html_path = selection.write_report(scored_run)
+    json_path, html_path = write_report(scored_run)
     assert json_path == scored_run / "report.json" and html_path == scored_run / "report.html"
     data = validate_report(json_path.read_text())
     assert data["format"] == report.FORMAT
@@ -153,7 +155,7 @@ def test_report_files_exist_validate_and_agree_with_best(scored_run):
 
 
 def test_html_is_self_contained(scored_run):
-    _, html_path = selection.write_report(scored_run)
+    _, html_path = write_report(scored_run)
     text = html_path.read_text()
     assert text.startswith("<!DOCTYPE html>")
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
@@ -173,7 +175,7 @@ def test_report_without_checkpoints_or_scores(tmp_path):
     make_run(run, epochs=(1,))
     shutil.rmtree(run / "checkpoints")
     (run / "checkpoints").mkdir()
-    data = validate_report(selection.write_report(run)[0].read_text())
+    data = validate_report(write_report(run)[0].read_text())
     assert data["recommended"]["checkpoint"] is None and data["checkpoints"] == []
     assert any("no checkpoint yet" in w for w in data["warnings"])
     assert "nothing to plot yet" in (run / "report.html").read_text()
@@ -181,7 +183,7 @@ def test_report_without_checkpoints_or_scores(tmp_path):
     # checkpoints but no held-out score (e.g. --holdout 0): the training loss decides, said so
     run2 = make_run(tmp_path / "run2", epochs=(1, 2))
     write_metrics(run2, steps=8, nan_at=8)  # a NaN must not break strict JSON
-    data = validate_report(selection.write_report(run2)[0].read_text())
+    data = validate_report(write_report(run2)[0].read_text())
     assert data["recommended"]["checkpoint"] == "epoch-0002"
     assert data["recommended"]["score_source"] == "train"
     assert all(e["score_source"] == "train" for e in data["checkpoints"])

@@ -18,6 +18,7 @@ from helpers_runs import make_run
 from PIL import Image
 
 from lejepa_cli import selection
+from lejepa_cli.report import write_report
 
 
 def find_chromium() -> str | None:
@@ -79,6 +80,7 @@ def report_html(tmp_path_factory) -> Path:
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     selection.score_run(run)
+    write_report(run)
     return run / "report.html"
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from lejepa_cli import checkpoint, config, diagnostics, selection
 from lejepa_cli.data.scan import ImageIndex, scan_folder
 from lejepa_cli.model import LeJEPAModel, build_backbone, data_spec
+from lejepa_cli.report import write_report
 
 NUM_IMAGES = 40
 HOLDOUT = 24
@@ -158,6 +159,7 @@ def test_collapsed_model_scores_worse_and_warns(world, tmp_path):
     assert collapsed["diagnostics"]["relative_spread"] < diagnostics.CONSTANT_RATIO
     assert healthy["effective_rank"] > 2.0
     # the newest checkpoint is the collapsed one: it is not recommended
+    write_report(run)
     assert checkpoint.resolve(run, "best").name == ckpt.name
 
 
@@ -165,6 +167,7 @@ def test_ranking_and_best_agree_and_skip_deleted(world, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
     records = selection.score_run(run)
+    write_report(run)
     assert [r["checkpoint"] for r in records] == ["epoch-0001", "epoch-0002"]
     report = json.loads((run / "report.json").read_text())
     ranked = report["checkpoints"]
@@ -174,7 +177,7 @@ def test_ranking_and_best_agree_and_skip_deleted(world, tmp_path):
     assert checkpoint.resolve(run, "best").name == ranked[0]["checkpoint"]
     # delete the winner: the history keeps its score, the recommendation moves on
     shutil.rmtree(run / "checkpoints" / ranked[0]["checkpoint"])
-    selection.write_report(run)
+    write_report(run)
     report = json.loads((run / "report.json").read_text())
     assert report["recommended"]["checkpoint"] == ranked[1]["checkpoint"]
     assert checkpoint.resolve(run, "best").name == ranked[1]["checkpoint"]
@@ -224,7 +227,7 @@ def test_a_failure_inside_is_recorded_not_raised(world, tmp_path):
     )
     assert rec["loss"] is None and rec["errors"] and "held-out" in rec["errors"][0]
     assert model.training
-    assert (run / "report.json").is_file()
+    assert selection.read_history(run)[-1]["errors"] == rec["errors"]  # recorded for the report
     with pytest.raises(RuntimeError, match="could be read"):
         selection.after_checkpoint(
             run, ckpt, model, holdout, cfg, spec, torch.device("cpu"), strict=True

@@ -17,6 +17,7 @@ import numpy as np
 from lejepa_cli.data.decode import DecodeError, load_rgb_with_header
 from lejepa_cli.data.multicrop import suggest_crop_sizes
 from lejepa_cli.data.scan import scan_folder
+from lejepa_cli.errors import UnreadableDataError
 
 _STATS_SIDE = 64  # images are reduced to 64 x 64 for mean/std: each image weighs the same
 _SIDE_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048)  # shorter-side histogram edges, pixels
@@ -103,7 +104,7 @@ def inspect_folder(root: str | Path, sample_size: int = 2000, seed: int = 0) -> 
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         inside = (short >= lo) & (short < hi) if hi is not None else short >= lo
         histogram[_histogram_label(lo, hi)] = int(inside.sum())
-    typical = int(np.median(short)) if len(short) else None
+    typical = typical_side(index) if len(short) else None  # the sample `auto` sizes follow
     global_size, local_size = suggest_crop_sizes(typical) if typical else (None, None)
     if pixel_count:
         mean = pixel_sum / pixel_count
@@ -166,3 +167,25 @@ def _summary(values: np.ndarray) -> dict[str, float]:
         "median": float(np.median(values)),
         "max": int(values.max()),
     }
+
+
+def typical_side(index, limit: int = 256) -> int:
+    """Median shorter side over a fixed sample of image headers: what `--global-size auto`
+    and `lejepa inspect`'s suggested sizes both follow."""
+    from lejepa_cli.data.decode import image_size
+
+    n = len(index)
+    picks = np.random.default_rng(0).choice(n, size=min(n, limit), replace=False)
+    sides = []
+    for i in sorted(picks.tolist()):
+        try:
+            w, h = image_size(index.abspath(i))[:2]
+            sides.append(min(w, h))
+        except Exception:  # unreadable headers are counted by the dataset later
+            continue
+    if not sides:
+        raise UnreadableDataError(
+            f"none of the sampled images in {index.root} could be read; "
+            f"check the folder with `lejepa inspect {index.root}`"
+        )
+    return int(np.median(sides))
