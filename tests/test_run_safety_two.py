@@ -23,6 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers_runs import make_run  # noqa: E402
+from test_run_safety import _cli, _one_line  # noqa: E402
 from test_train import TINY, make_images  # noqa: E402
 
 from lejepa_cli import checkpoint  # noqa: E402
@@ -30,20 +31,6 @@ from lejepa_cli.cli import main  # noqa: E402
 
 LOUD = [a for a in TINY if a != "--quiet"]  # progress lines on stdout
 LEJEPA = [sys.executable, "-m", "lejepa_cli"]
-
-
-def _cli(args: list, capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
-
-
-def _one_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    assert "Traceback" not in err and "unexpected" not in err, err
-    return lines[0]
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
