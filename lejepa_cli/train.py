@@ -61,6 +61,9 @@ from lejepa_cli.model import (
 from lejepa_cli.objective import lejepa_loss
 from lejepa_cli.progress import QuietReporter
 from lejepa_cli.runlock import RunLock
+from lejepa_cli.selection import REPORT_HTML, REPORT_JSON, SELECTION_FILE
+from lejepa_cli.trackers import RUN_FILES as TRACKER_FILES
+from lejepa_cli.trackers import RUN_FOLDERS as TRACKER_FOLDERS
 from lejepa_cli.trackers import build_trackers
 from lejepa_cli.training.callbacks import Callbacks, CheckpointInfo, RunContext
 
@@ -101,22 +104,18 @@ class RunResult:
 
 IMAGES_RECORD = "images.npy"  # what the run saw of its image folder (data.record)
 # Every file a run writes at its top level; --overwrite removes these and nothing else.
+# The trackers' files go too: a new run must not continue the old tracker runs.
 _OWN_FILES = (
-    "trackers.json",  # the trackers' run ids: a new run must not continue the old ones
-    "mlflow.db",
+    *TRACKER_FILES,
     CONFIG,
     METRICS,
     LOG,
     SKIPPED,
     IMAGES_RECORD,
-    "selection.jsonl",
-    "report.json",
-    "report.html",
+    SELECTION_FILE,
+    REPORT_JSON,
+    REPORT_HTML,
 )
-
-
-# Folders the trackers write into a run (--log-to): the tool's own, removed whole.
-_OWN_FOLDERS = ("tensorboard", "mlflow-artifacts", "wandb")
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -210,7 +209,7 @@ def _clear_run_dir(out: Path) -> None:
     for p in out.glob(".*.tmp*"):  # temporary files of interrupted atomic writes
         if not p.is_dir():
             p.unlink(missing_ok=True)
-    for name in _OWN_FOLDERS:
+    for name in TRACKER_FOLDERS:  # written by --log-to: the tool's own, removed whole
         if (out / name).is_dir() and not (out / name).is_symlink():
             shutil.rmtree(out / name)
     root = out / checkpoint.CHECKPOINTS
@@ -1020,9 +1019,7 @@ def pretrain(
                     files={CONFIG: (run_dir / CONFIG).read_text(encoding="utf-8")},
                 )
                 runlog.log(f"checkpoint {name} written (step {step})")
-                kept = name.startswith("epoch-") and (
-                    epoch_done % keep_every == 0 or epoch_done == cfg.epochs
-                )
+                kept = _kept(path, keep_every, cfg.epochs)
                 callbacks.on_checkpoint(
                     CheckpointInfo(name, path, step, epoch_done, dict(train_means), kept)
                 )
@@ -1035,14 +1032,14 @@ def pretrain(
             """Rank 0: the held-out score of a kept checkpoint, logged and returned; unreadable
             held-out files join skipped.txt."""
             scores = after_checkpoint(run_dir, ckpt, model, holdout_index, cfg, spec, device)
-            try:  # the ranking so far, readable while training goes on
-                write_report(run_dir)
-            except Exception as exc:  # costs the report, not the run; the end rewrites it
-                runlog.log(f"warning: report not written after {ckpt.name}: {exc}")
             unreadable = [tuple(p) for p in scores.get("heldout_skipped") or []]
             if unreadable:
                 runlog.add_skipped(unreadable)
                 runlog.write_skipped()
+            try:  # the ranking so far, readable while training goes on
+                write_report(run_dir)
+            except Exception as exc:  # costs the report, not the run; the end rewrites it
+                runlog.log(f"warning: report not written after {ckpt.name}: {exc}")
             line = _score_line(ckpt.name, scores) if scores else None
             if line:
                 message(line)

@@ -12,10 +12,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from lejepa_cli.errors import UsageError
+from lejepa_cli.trackers import mlflow_tracker, tensorboard, wandb
 from lejepa_cli.trackers.base import STATE_FILE
 from lejepa_cli.training.callbacks import Callback
 
-__all__ = ["STATE_FILE", "TRACKERS", "build_trackers"]
+__all__ = ["RUN_FILES", "RUN_FOLDERS", "STATE_FILE", "TRACKERS", "build_trackers"]
+
+# What the trackers write into a run directory (--overwrite removes it with the run's files).
+RUN_FILES = (STATE_FILE, mlflow_tracker.DB_FILE)
+RUN_FOLDERS = (tensorboard.FOLDER, mlflow_tracker.ARTIFACTS, wandb.FOLDER)
 
 
 class Entry(NamedTuple):

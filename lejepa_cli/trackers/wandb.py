@@ -19,6 +19,7 @@ from lejepa_cli.training.callbacks import RunContext
 
 PROJECT = "lejepa"
 DEFAULT_HOST = "https://api.wandb.ai"
+FOLDER = "wandb"  # W&B makes RUN/wandb/ itself when given dir=RUN
 _BLOCK = 32768  # the .wandb file is a LevelDB-format log: 32 KiB blocks of framed chunks
 _FULL, _LAST = 1, 4
 
@@ -36,7 +37,7 @@ def logged_in() -> bool:
 
 def run_files(run_dir: Path, run_id: str = "*") -> list[Path]:
     """The `.wandb` logs of a run under RUN/wandb, oldest first (each resume adds a folder)."""
-    found = Path(run_dir, "wandb").glob(f"*run-*-{run_id}/run-{run_id}.wandb")
+    found = Path(run_dir, FOLDER).glob(f"*run-*-{run_id}/run-{run_id}.wandb")
     return sorted((p for p in found if not p.parent.is_symlink()), key=lambda p: p.parent.name)
 
 
