@@ -32,6 +32,7 @@ from torch import nn
 
 from lejepa_cli.artifacts import Encoder
 from lejepa_cli.config import MAX_WORKERS
+from lejepa_cli.devices import autocast, resolve_device  # noqa: F401  (resolve_device: for callers)
 from lejepa_cli.model import DataSpec
 
 KINDS = ("embed", "probe")
@@ -42,26 +43,6 @@ MAX_BATCH_SIZE = 65536
 # this many pixels is first cut to its centre, which is all the centre crop keeps anyway.
 MAX_EVAL_PIXELS = 1 << 24  # 50 MB of RGB; at 224 px, strips thinner than 1:272
 ProgressFn = Callable[[int, int], None]  # (images done, images in total)
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    from lejepa_cli.errors import UsageError
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise UsageError(
-            f"--device {device} is not a device; use auto, cpu, cuda or cuda:N"
-        ) from None
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(
-            f"--device {device}: only cpu and cuda are supported; use auto, cpu or cuda"
-        )
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no GPU is visible; use --device cpu")
-    return dev
 
 
 def resolve_workers(workers: int | str | None, num_images: int) -> int:
@@ -245,7 +226,7 @@ def _extract(
         for x, ok, why in loader:
             if x is not None:  # only readable images reach the network
                 x = x.to(dev, non_blocking=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                with autocast(dev):
                     feats = forward_features(backbone, x, kind)  # (K, F), K readable of B
                 chunks.append(feats.float().cpu().numpy())
             oks.append(ok.numpy().astype(bool))

@@ -57,6 +57,7 @@ from lejepa_cli.data.holdout import (  # noqa: F401  (the names callers import f
     multicrop_config,
     split_holdout,
 )
+from lejepa_cli.devices import autocast
 
 log = logging.getLogger("lejepa_cli.selection")
 
@@ -141,12 +142,6 @@ class HeldoutResult:
     features: np.ndarray  # (N, F) backbone embeddings of the first global view
 
 
-def _autocast(device: torch.device, cfg):
-    if device.type == "cuda" and getattr(cfg, "precision", "auto") != "fp32":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @contextlib.contextmanager
 def _batch_statistics(model):
     """Eval mode, except that BatchNorm normalises with each batch's own statistics.
@@ -219,7 +214,7 @@ def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> Heldout
                     loc = torch.stack([c["local_crops"] for c in crops], dim=1)  # (Vl, b, 3, L, L)
                     loc = normalize(loc.to(device), spec.mean, spec.std)
                 captured.clear()
-                with _autocast(device, cfg):
+                with autocast(device, getattr(cfg, "precision", "auto")):
                     global_z, all_z = model(g, loc)  # (Vg, b, K), (V, b, K)
                 feats = captured[0].float().view(g.shape[0], g.shape[1], -1)  # (Vg, b, F)
                 global_parts.append(global_z.float())
