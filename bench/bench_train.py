@@ -28,7 +28,9 @@ from lejepa_cli.config import PretrainConfig
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.model import LeJEPAModel, build_backbone, data_spec
 from lejepa_cli.objective import lejepa_loss
-from lejepa_cli.train import TrainStep, pretrain
+from lejepa_cli.train import pretrain
+from lejepa_cli.training.optim import Schedule, build_optimizer
+from lejepa_cli.training.step import TrainStep
 
 
 def synthetic_batch(cfg: PretrainConfig, seed: int = 0):
@@ -84,9 +86,9 @@ def part_overhead(cfg: PretrainConfig, device: torch.device, rounds: int, steps:
     if device.type == "cuda":
         bare_model = bare_model.to(memory_format=torch.channels_last)
         bare_model.channels_last = True
-    engine = TrainStep(
-        engine_model, cfg, spec, device, DistInfo(), total_steps=10**6, steps_per_epoch=10**3
-    )
+    optimizer = build_optimizer(engine_model, cfg)
+    schedule = Schedule.for_run(cfg, total_steps=10**6, steps_per_epoch=10**3)
+    engine = TrainStep(engine_model, optimizer, schedule, cfg, spec, device, DistInfo())
     bare = bare_loop(bare_model, cfg, device, spec)
     batch = synthetic_batch(cfg)
 

@@ -1,6 +1,7 @@
 """Progress for the terminal: a rich bar on a TTY, plain lines otherwise, nothing with --quiet.
 
-These implement the engine's `Reporter` protocol; the engine itself never imports rich.
+Each is a training callback (`lejepa_cli.training.callbacks`) that renders the structured
+values it receives; the engine itself never imports rich.
 """
 
 from __future__ import annotations
@@ -8,6 +9,9 @@ from __future__ import annotations
 import sys
 import time
 from typing import Any
+
+from lejepa_cli.training.callbacks import Callback, RunContext
+from lejepa_cli.training.logs import score_line
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -17,7 +21,7 @@ def _fmt_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
-class PlainReporter:
+class PlainProgress(Callback):
     """One line every `every` steps (and the last), for logs and pipes."""
 
     def __init__(self, every: int = 1, stream=None):
@@ -27,11 +31,11 @@ class PlainReporter:
         self.t0 = time.perf_counter()
         self.first = 0
 
-    def start(self, total_steps: int, start_step: int, steps_per_epoch: int) -> None:
-        self.total, self.first = total_steps, start_step
+    def on_start(self, ctx: RunContext) -> None:
+        self.total, self.first = ctx.total_steps, ctx.start_step
         self.t0 = time.perf_counter()
 
-    def update(self, m: dict[str, Any]) -> None:
+    def on_step(self, m: dict[str, Any], logged: bool) -> None:
         step = m["step"]
         if step % self.every and step != self.total:
             return
@@ -46,14 +50,16 @@ class PlainReporter:
             flush=True,
         )
 
-    def message(self, text: str) -> None:
+    def on_message(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
 
-    def close(self) -> None:
-        pass
+    def on_score(self, name: str, step: int, scores: dict[str, Any]) -> None:
+        line = score_line(name, scores)
+        if line:
+            self.on_message(line)
 
 
-class RichReporter:
+class RichProgress(Callback):
     """A live bar: epoch, step, loss and its parts, lr, images/s, data-wait share, ETA."""
 
     def __init__(self):
@@ -78,43 +84,35 @@ class RichReporter:
         )
         self.task = None
 
-    def start(self, total_steps: int, start_step: int, steps_per_epoch: int) -> None:
+    def on_start(self, ctx: RunContext) -> None:
         self.progress.start()
         self.task = self.progress.add_task(
-            "train", total=total_steps, completed=start_step, epoch="-", stats=""
+            "train", total=ctx.total_steps, completed=ctx.start_step, epoch="-", stats=""
         )
 
-    def update(self, m: dict[str, Any]) -> None:
+    def on_step(self, m: dict[str, Any], logged: bool) -> None:
         stats = (
             f"loss {m['loss']:.4f} pred {m['pred']:.4f} sigreg {m['sigreg']:.4f} "
             f"lr {m['lr']:.1e} {m['images_per_s']:.0f} img/s wait {100 * m['data_wait']:.0f}%"
         )
         self.progress.update(self.task, completed=m["step"], epoch=m["epoch"], stats=stats)
 
-    def message(self, text: str) -> None:
+    def on_message(self, text: str) -> None:
         self.console.print(text, markup=False, highlight=False)
 
-    def close(self) -> None:
+    def on_score(self, name: str, step: int, scores: dict[str, Any]) -> None:
+        line = score_line(name, scores)
+        if line:
+            self.on_message(line)
+
+    def on_end(self, step: int, reason: str) -> None:
         self.progress.stop()
 
 
-class QuietReporter:
-    def start(self, total_steps: int, start_step: int, steps_per_epoch: int) -> None:
-        pass
-
-    def update(self, metrics: dict[str, Any]) -> None:
-        pass
-
-    def message(self, text: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def make_reporter(quiet: bool, log_every: int = 1):
+def make_progress(quiet: bool, log_every: int = 1) -> list[Callback]:
+    """The terminal's callbacks: none with --quiet, a bar on a TTY, else plain lines."""
     if quiet:
-        return QuietReporter()
+        return []
     if sys.stdout.isatty():
-        return RichReporter()
-    return PlainReporter(every=log_every)
+        return [RichProgress()]
+    return [PlainProgress(every=log_every)]

@@ -149,7 +149,7 @@ def test_inspect_suggests_the_sizes_that_auto_resolves_to(tmp_path):
     from lejepa_cli.config import PretrainConfig
     from lejepa_cli.data.scan import scan_folder
     from lejepa_cli.distributed import DistInfo
-    from lejepa_cli.train import resolve_auto
+    from lejepa_cli.training.plan import resolve_auto
 
     folder = tmp_path / "mixed"
     folder.mkdir()

@@ -24,7 +24,7 @@ from test_train import TINY, losses, make_images, run_cli
 
 from lejepa_cli import checkpoint, config
 from lejepa_cli.cli import main
-from lejepa_cli.train import lr_at
+from lejepa_cli.training.optim import lr_at
 
 LOUD = [a for a in TINY if a != "--quiet"]  # TINY without --quiet: progress on stdout
 METRIC_FIELDS = {"step", "epoch", "loss", "pred", "sigreg", "lr", "images_per_s", "data_wait"}

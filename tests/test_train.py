@@ -18,7 +18,8 @@ from PIL import Image
 from lejepa_cli import checkpoint, config
 from lejepa_cli.cli import main
 from lejepa_cli.distributed import DistInfo
-from lejepa_cli.train import EpochSampler, lr_at
+from lejepa_cli.training.data import EpochSampler
+from lejepa_cli.training.optim import lr_at
 
 # Small enough for two CPU cores: 24 images of 40 px, a 0.4M-parameter ResNet, 32/16 px crops.
 TINY = [
@@ -297,7 +298,7 @@ def test_torchrun_two_processes_on_cpu(images, tmp_path):
 
 
 def test_score_line_is_left_out_when_nothing_was_held_out():
-    from lejepa_cli.train import _score_line
+    from lejepa_cli.training.logs import score_line as _score_line
 
     assert _score_line("epoch-0001", {}) is None  # --holdout 0: no empty log line
     line = _score_line("epoch-0002", {"loss": 1.23456, "sigreg": 0.5, "collapse_warning": None})

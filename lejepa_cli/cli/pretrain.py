@@ -135,7 +135,7 @@ def pretrain(
     checkpoint and stop. Multi-GPU: torchrun --nproc-per-node N -m lejepa_cli pretrain ...
     """
     from lejepa_cli import config as config_module
-    from lejepa_cli.progress import make_reporter
+    from lejepa_cli.progress import make_progress
     from lejepa_cli.train import pretrain as run_pretrain
 
     overrides = config_module.load_yaml(config_file) if config_file else {}
@@ -177,13 +177,13 @@ def pretrain(
     overrides.update({k: v for k, v in flags.items() if v is not None})
     every = overrides.get("log_every", 1)  # a bad value is refused with the rest of the config
     ok = isinstance(every, int) and not isinstance(every, bool) and every > 0
-    reporter = make_reporter(quiet, every if ok else 1)
+    progress = make_progress(quiet, every if ok else 1)
     result = run_pretrain(
         overrides,
         resume=resume,
         overwrite=overwrite,
         force=force,
-        reporter=reporter,
+        callbacks=progress,
         config_file=config_file,
     )
     if not quiet and result.is_main:

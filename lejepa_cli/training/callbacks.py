@@ -1,7 +1,14 @@
-"""The training-callback interface: what the loop tells observers (trackers, reporters) and when.
+"""The training-callback interface: what the loop tells observers and when.
 
-The loop owns one `Callbacks` fan-out and calls each event once, in order. Callbacks may be called
-on every rank; `RunContext.is_main` says whether this process may write anything.
+Everything that watches a run is a callback: the terminal progress, metrics.jsonl and train.log
+(`training.logs`), the checkpoint keeper (`training.keeper`), the held-out scorer
+(`training.scoring`) and the experiment trackers (`lejepa_cli.trackers`). The run owns one
+`Callbacks` fan-out and calls each event once, in order, with structured values:
+
+    on_message*  on_start  (on_step*  on_epoch_end  on_checkpoint  on_score?)*  on_end
+
+Trackers, the keeper and the scorer are called on every rank (`RunContext.is_main` says whether
+this process may write); the callbacks passed to `train.pretrain` run on rank 0 only.
 """
 
 from __future__ import annotations
@@ -20,6 +27,16 @@ class RunContext:
     steps_per_epoch: int
     resumed: bool
     is_main: bool  # callbacks that write only act on rank 0
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """An epoch ended: complete, or cut short by a stop (a signal or --max-steps)."""
+
+    epochs_done: int  # epochs completed (a cut-short epoch is not one)
+    step: int  # the global step reached
+    train: dict[str, float]  # the epoch's mean loss, pred and sigreg so far
+    complete: bool
 
 
 @dataclass(frozen=True)
@@ -45,6 +62,9 @@ class Callback:
     def on_message(self, text: str) -> None:
         pass
 
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        pass
+
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         pass
 
@@ -61,6 +81,9 @@ class Callbacks(Callback):
     def __init__(self, callbacks: list[Callback] | None = None):
         self.callbacks = list(callbacks or [])
 
+    def add(self, *callbacks: Callback) -> None:
+        self.callbacks.extend(callbacks)
+
     def on_start(self, ctx: RunContext) -> None:
         for cb in self.callbacks:
             cb.on_start(ctx)
@@ -72,6 +95,10 @@ class Callbacks(Callback):
     def on_message(self, text: str) -> None:
         for cb in self.callbacks:
             cb.on_message(text)
+
+    def on_epoch_end(self, end: EpochEnd) -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(end)
 
     def on_checkpoint(self, info: CheckpointInfo) -> None:
         for cb in self.callbacks:

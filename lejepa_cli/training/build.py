@@ -1,0 +1,44 @@
+"""Building the model: the one place where a run's weights are created."""
+
+from __future__ import annotations
+
+import torch
+
+from lejepa_cli import config
+from lejepa_cli.config import AUTO, PretrainConfig
+from lejepa_cli.errors import UsageError
+from lejepa_cli.model import DataSpec, LeJEPAModel, build_backbone, data_spec, is_transformer
+
+
+def build_model(
+    cfg: PretrainConfig, device: torch.device
+) -> tuple[LeJEPAModel, DataSpec, PretrainConfig]:
+    """The seeded LeJEPA model on `device`, what its data needs, and the config with the
+    values that waited for the model (weight decay, crop_pct) resolved."""
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.arch, int(cfg.global_size), drop_path=cfg.drop_path)
+    if cfg.weight_decay == AUTO:  # the family decides: attention models take more decay
+        cfg = cfg.replace(weight_decay=config.resolve_weight_decay(cfg, is_transformer(backbone)))
+    spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct)
+    cfg = cfg.replace(crop_pct=spec.crop_pct)  # auto: the architecture's, written out
+    check_patch_multiple(backbone, cfg)
+    model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
+    return model, spec, cfg
+
+
+def check_patch_multiple(backbone, cfg: PretrainConfig) -> None:
+    """A ViT cuts each crop into patches: both crop sizes must be whole multiples of the patch."""
+    patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return
+    p = max(patch) if isinstance(patch, (tuple, list)) else int(patch)
+    for flag, size in (
+        ("--global-size", int(cfg.global_size)),
+        ("--local-size", int(cfg.local_size)),
+    ):
+        if size % p:
+            lower, upper = max(p, size // p * p), (size // p + 1) * p
+            fix = f"{lower} or {upper}" if lower != upper else str(upper)
+            raise UsageError(
+                f"{flag} {size} is not a multiple of {cfg.arch}'s {p}-px patch; use {fix}"
+            )
