@@ -52,44 +52,159 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
 _AUGMENT_PAIRS = ("ratio", "blur_sigma")
 
 
+def flag(
+    help: str,
+    show: str | None = None,
+    *,
+    names: tuple[str, ...] = (),
+    metavar: str | None = None,
+    cli_type: Any = None,
+) -> dict[str, Any]:
+    """A config field's command-line flag, as field metadata: its help, the default shown in
+    --help (`show`), its names when not just --field-name, and its type on the command line
+    when that is not the field's own (a folder given as a path, say)."""
+    return {"help": help, "show": show, "names": names, "metavar": metavar, "cli_type": cli_type}
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
-    data: str = ""  # folder of images (recursive)
-    out: str = ""  # run directory
-    arch: str = "resnet18"  # any timm architecture name
-    epochs: int = 100
-    batch_size: int = 128  # global, split across ranks
-    lr: float = 5e-4  # peak learning rate (AdamW)
-    weight_decay: float | str = AUTO  # auto: 5e-2 for attention families, 5e-4 for CNNs
-    warmup_epochs: float | str = AUTO  # auto: min(10, 10% of epochs)
-    min_lr_ratio: float = 1e-3  # cosine ends at lr * this
-    lam: float = 0.05  # SIGReg weight: loss = (1 - lam) * pred + lam * sigreg
-    num_slices: int = 1024  # SIGReg random directions per step
-    proj_dim: int = 128  # projector output (where the loss acts)
-    proj_hidden: int = 2048  # projector hidden width
-    drop_path: float = 0.0  # stochastic depth rate of the backbone (timm's drop_path_rate)
-    global_views: int = 2
-    local_views: int = 6
-    global_size: int | str = AUTO  # pixels; auto follows the folder's typical resolution
-    local_size: int | str = AUTO
-    global_scale: tuple[float, float] = (0.3, 1.0)  # RandomResizedCrop area fraction
-    local_scale: tuple[float, float] = (0.05, 0.3)
-    crop_pct: float | str = AUTO  # eval view: share of the image kept; auto: timm's (0.875/0.9)
-    augment: dict[str, Any] = field(default_factory=lambda: dict(AUGMENT_DEFAULTS))
-    seed: int = 0
-    workers: int | str = AUTO  # DataLoader workers per process
-    device: str = AUTO  # auto: cuda when available, else cpu
-    precision: str = AUTO  # auto: bf16 autocast on cuda, fp32 on cpu
-    compile: bool = False  # torch.compile the model
-    max_steps: int | None = None  # stop (checkpointed, resumable) after this many steps
-    keep_every: int | str = AUTO  # keep a checkpoint every N epochs for model selection
-    log_every: int = 1  # steps between metrics.jsonl lines
-    holdout: int | str = AUTO  # images kept out of training for the label-free score
-    labels: str | None = None  # optional labels CSV: probe each kept checkpoint in the report
+    """Every setting of a pretraining run. A field with `flag` metadata is a `lejepa pretrain`
+    option of the same name (and a run.yaml key); the CLI is generated from these fields."""
+
+    data: str = field(
+        default="",
+        metadata=flag(
+            "Folder of images (searched recursively). Optional with --resume.",
+            metavar="DATA",
+            cli_type=Path,
+        ),
+    )
+    out: str = field(
+        default="",
+        metadata=flag("Run directory to write.", names=("--out", "-o"), cli_type=Path),
+    )
+    arch: str = field(default="resnet18", metadata=flag("Any timm architecture.", "resnet18"))
+    epochs: int = field(default=100, metadata=flag("Passes over the data.", "100"))
+    batch_size: int = field(
+        default=128, metadata=flag("Global batch size, split across processes.", "128")
+    )
+    lr: float = field(default=5e-4, metadata=flag("Peak learning rate of AdamW.", "5e-4"))
+    weight_decay: float | str = field(
+        default=AUTO,
+        metadata=flag("AdamW weight decay; auto: 5e-2 for attention models, 5e-4 for CNNs."),
+    )
+    warmup_epochs: float | str = field(
+        default=AUTO,
+        metadata=flag("Linear warmup length in epochs; auto: min(10, 10% of epochs)."),
+    )
+    min_lr_ratio: float = 1e-3  # cosine ends at lr * this (run.yaml only)
+    lam: float = field(
+        default=0.05,
+        metadata=flag("SIGReg weight lambda: loss = (1-lam)*pred + lam*sigreg.", "0.05"),
+    )
+    num_slices: int = field(
+        default=1024, metadata=flag("Random 1-D directions for SIGReg per step.", "1024")
+    )
+    proj_dim: int = field(default=128, metadata=flag("Projector output size.", "128"))
+    proj_hidden: int = field(default=2048, metadata=flag("Projector hidden width.", "2048"))
+    drop_path: float = field(
+        default=0.0,
+        metadata=flag(
+            "Stochastic depth of the backbone during pretraining (timm's drop_path_rate; "
+            "not in the recipe). Off at probe and export time.",
+            "0",
+        ),
+    )
+    global_views: int = field(default=2, metadata=flag("Global crops per image.", "2"))
+    local_views: int = field(default=6, metadata=flag("Local crops per image.", "6"))
+    global_size: int | str = field(
+        default=AUTO,
+        metadata=flag(
+            "Global crop size in pixels, or auto (from the folder's typical resolution)."
+        ),
+    )
+    local_size: int | str = field(
+        default=AUTO, metadata=flag("Local crop size in pixels, or auto.")
+    )
+    global_scale: tuple[float, float] = field(
+        default=(0.3, 1.0), metadata=flag("Area range of global crops, e.g. 0.3,1.0.")
+    )
+    local_scale: tuple[float, float] = field(
+        default=(0.05, 0.3), metadata=flag("Area range of local crops, e.g. 0.05,0.3.")
+    )
+    crop_pct: float | str = field(
+        default=AUTO,
+        metadata=flag(
+            "Share of the image's shorter side kept by the eval view (resize, then centre "
+            "crop) that probe, embed and the export use, or auto (timm's for the architecture, "
+            "0.875 or 0.9); from 0.1 to 1. 1 keeps the whole image: for images whose borders "
+            "matter.",
+            "auto",
+        ),
+    )
+    augment: dict[str, Any] = field(
+        default_factory=lambda: dict(AUGMENT_DEFAULTS),
+        metadata=flag(
+            "An augmentation setting, repeatable: hflip_p, jitter_p, brightness, contrast, "
+            "saturation, hue, grayscale_p, blur_p, blur_sigma (e.g. 0.1,2.0), solarize_p, "
+            "solarize_threshold, ratio; e.g. --augment blur_p=0. Defaults: the paper's recipe. "
+            "Off in the recipe: vflip_p (vertical flip) and rot90_p (a turn by 90, 180 or 270 "
+            "degrees), for images with no up and down.",
+            metavar="KEY=VALUE",
+        ),
+    )
+    seed: int = field(default=0, metadata=flag("Seed for init, order and crops.", "0"))
+    workers: int | str = field(
+        default=AUTO, metadata=flag("Data-loading processes per GPU/process, or auto.")
+    )
+    device: str = field(default=AUTO, metadata=flag("auto, cpu or cuda.", "auto"))
+    precision: str = field(
+        default=AUTO,
+        metadata=flag("auto (bf16 autocast on CUDA, fp32 on CPU), bf16 or fp32."),
+    )
+    compile: bool = field(
+        default=False,
+        metadata=flag("torch.compile the model.", names=("--compile/--no-compile",)),
+    )
+    max_steps: int | None = field(
+        default=None,
+        metadata=flag(
+            "Stop when the run reaches this step, counted from the run's start, not from a "
+            "resume (checkpointed; continue with --resume)."
+        ),
+    )
+    keep_every: int | str = field(
+        default=AUTO,
+        metadata=flag("Keep a checkpoint every N epochs for model selection; auto: ~10 per run."),
+    )
+    log_every: int = field(
+        default=1, metadata=flag("Steps between lines in metrics.jsonl and the plain log.", "1")
+    )
+    holdout: int | str = field(
+        default=AUTO,
+        metadata=flag("Images kept out of training for the label-free score, or auto."),
+    )
+    labels: str | None = field(
+        default=None,
+        metadata=flag(
+            "Optional CSV (path,label): probe each kept checkpoint in the report.", cli_type=Path
+        ),
+    )
     log_to: list[str] = field(
-        default_factory=list
-    )  # experiment trackers: tensorboard, mlflow, wandb
-    mlflow_uri: str | None = None  # MLflow tracking URI; default: a SQLite store inside the run
+        default_factory=list,
+        metadata=flag(
+            "Also log the curves, held-out scores and config to tensorboard (RUN/tensorboard), "
+            "mlflow (a SQLite store in RUN, or --mlflow-uri) or wandb (offline in RUN/wandb "
+            "unless logged in); repeatable. Each needs its extra: pip install "
+            "'lejepa-cli\\[tensorboard]'.",
+            names=("--log-to",),
+            metavar="TRACKER",
+        ),
+    )
+    mlflow_uri: str | None = field(
+        default=None,
+        metadata=flag("MLflow tracking URI for --log-to mlflow (a server, or a database)."),
+    )
     version: str = __version__
 
     def to_dict(self) -> dict[str, Any]:
