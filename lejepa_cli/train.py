@@ -239,6 +239,22 @@ def resolve_config(
         if not overrides.get("data"):
             raise UsageError("DATA is required: the folder of images to pretrain on")
         return config.build(overrides), []
+    _check_resumable(out_path)
+    # --max-steps applies to one invocation: a resume runs on unless it is given again.
+    saved = config.read_saved(out_path / CONFIG).replace(max_steps=None)
+    cfg = config.build(overrides, base=saved)
+    changes = config.diff(saved, cfg)
+    if changes and not force:
+        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
+        raise RunDirError(
+            f"the config differs from the run's ({shown}); pass --force to resume with it, "
+            "or drop those flags"
+        )
+    return cfg, changes
+
+
+def _check_resumable(out_path: Path) -> None:
+    """A run to resume has its config.yaml and at least one checkpoint."""
     if not (out_path / CONFIG).is_file():
         newest = checkpoint.last(out_path)
         if newest is None:
@@ -261,17 +277,6 @@ def resolve_config(
             f"nothing to resume in {out_path}: the run stopped before its first checkpoint; "
             "start it again with --overwrite (without --resume)"
         )
-    # --max-steps applies to one invocation: a resume runs on unless it is given again.
-    saved = config.read_saved(out_path / CONFIG).replace(max_steps=None)
-    cfg = config.build(overrides, base=saved)
-    changes = config.diff(saved, cfg)
-    if changes and not force:
-        shown = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
-        raise RunDirError(
-            f"the config differs from the run's ({shown}); pass --force to resume with it, "
-            "or drop those flags"
-        )
-    return cfg, changes
 
 
 # ----------------------------------------------------------------------------- the steps
