@@ -424,14 +424,27 @@ def announce(plan: RunPlan, pos: Position, parts: Parts, events: Callback) -> No
     say(f"run directory: {cfg.out}")
 
 
+def make_step(plan: RunPlan, pos: Position, parts: Parts) -> TrainStep:
+    """The optimisation step, its schedule counted over the steps left from `pos`."""
+    cfg, spe = plan.cfg, plan.steps_per_epoch
+    schedule = Schedule.for_run(cfg, pos.total_steps(spe, cfg.epochs), spe)
+    return TrainStep(
+        parts.model, parts.optimizer, schedule, cfg, parts.spec, parts.device, parts.dist
+    )
+
+
 def train_run(
-    plan: RunPlan, pos: Position, parts: Parts, session: _Session, request: Request, started: float
+    plan: RunPlan,
+    pos: Position,
+    parts: Parts,
+    step_fn: TrainStep,
+    session: _Session,
+    request: Request,
+    started: float,
 ) -> RunResult:
     """Open the records and callbacks, then train epoch by epoch to the end or a stop."""
     cfg, spe, dist = plan.cfg, plan.steps_per_epoch, parts.dist
     total_steps = pos.total_steps(spe, cfg.epochs)
-    schedule = Schedule.for_run(cfg, total_steps, spe)
-    step_fn = TrainStep(parts.model, parts.optimizer, schedule, cfg, parts.spec, parts.device, dist)
     dataset = train_dataset(plan.train, cfg)
     keeper, scorer, skipped = session.open(plan, pos, parts, request)
     announce(plan, pos, parts, session.events)
@@ -441,12 +454,12 @@ def train_run(
     loop = EpochLoop(
         plan, pos, step_fn, dataset, session.events, keeper, skipped, session.stop, started
     )
-    session.state = loop.state
     session.events.on_start(
         RunContext(
             Path(cfg.out), cfg.to_dict(), pos.step, total_steps, spe, plan.resume, dist.is_main
         )
     )
+    session.state = loop.state  # from here on, an error owes the callbacks an on_end
     state = loop.run()
     return finish_run(plan, pos, session, state, keeper.last, skipped, started)
 
@@ -540,8 +553,9 @@ def pretrain(
         plan = dataclasses.replace(plan, cfg=cfg)
         parts = Parts(model, build_optimizer(model, cfg), spec, device, dist)
         pos = restore_run(plan, model, parts.optimizer, device) if resume else Position()
+        step_fn = make_step(plan, pos, parts)
         commit_run_dir(plan, request, session.lock, dist)
-        return train_run(plan, pos, parts, session, request, started)
+        return train_run(plan, pos, parts, step_fn, session, request, started)
     except Exception as exc:  # the reason a run stopped belongs in its log (a full disk...)
         if session.log is not None:
             session.log.log(f"error: {exc}")
