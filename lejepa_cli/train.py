@@ -4,6 +4,7 @@
     plan_run         run-directory checks, the images, 'auto' values, sizes, the held-out split
     build_model      the one place where the weights are created (training.build)
     restore_run      --resume: weights, optimiser, generators, and the position to continue at
+    make_step        the optimisation step and its learning-rate schedule (training.step)
     commit_run_dir   only now is --out touched: the lock, --overwrite, config.yaml
     train_run        the callbacks, then epoch by epoch (training.loop), then the report
 
