@@ -37,20 +37,20 @@ from lejepa_cli.config import PretrainConfig
 from lejepa_cli.data import record as folder_record
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import Interrupted, RunDirError, UsageError, require_utf8_path
-from lejepa_cli.model import DataSpec, LeJEPAModel, check_arch
+from lejepa_cli.model import LeJEPAModel, check_arch
 from lejepa_cli.runlock import RunLock
 from lejepa_cli.selection import REPORT_HTML, REPORT_JSON, SELECTION_FILE
 from lejepa_cli.trackers import RUN_FILES as TRACKER_FILES
 from lejepa_cli.trackers import RUN_FOLDERS as TRACKER_FOLDERS
 from lejepa_cli.trackers import build_trackers
-from lejepa_cli.training.build import build_model
+from lejepa_cli.training.build import Parts, build_model
 from lejepa_cli.training.callbacks import Callback, Callbacks, RunContext
 from lejepa_cli.training.data import open_images, train_dataset
 from lejepa_cli.training.keeper import CheckpointKeeper
 from lejepa_cli.training.logs import MetricsFile, SkippedRecord, TrainLog
 from lejepa_cli.training.loop import EpochLoop, LoopState
 from lejepa_cli.training.optim import Schedule, build_optimizer
-from lejepa_cli.training.plan import Position, RunPlan, plan_images, resume_position
+from lejepa_cli.training.plan import Position, RunPlan, describe, plan_images, resume_position
 from lejepa_cli.training.restore import restore
 from lejepa_cli.training.scoring import HoldoutScorer
 from lejepa_cli.training.step import TrainStep
@@ -85,17 +85,6 @@ class Request:
     force: bool
     config_file: str | Path | None  # the --config file, which --overwrite must not delete
     checkpoint_hook: Any  # before_rename of every checkpoint write (tests simulate crashes)
-
-
-@dataclass(frozen=True)
-class Parts:
-    """What the built run is made of, shared by the loop, the keeper and the scorer."""
-
-    model: LeJEPAModel
-    optimizer: torch.optim.Optimizer
-    spec: DataSpec
-    device: torch.device
-    dist: DistInfo
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -400,31 +389,6 @@ class _Session:
         distributed.shutdown()
 
 
-def announce(plan: RunPlan, pos: Position, parts: Parts, events: Callback) -> None:
-    """What the run is about to do, as messages (train.log and the terminal)."""
-    cfg, say = plan.cfg, events.on_message
-    if plan.resume:
-        say(f"resuming {cfg.out} at step {pos.step} (epoch {pos.epoch + 1})")
-        for key, old, new in plan.changes:
-            say(f"config change forced: {key}: {old!r} -> {new!r}")
-        if plan.folder_change:
-            say(f"image folder change forced: {plan.folder_change.describe()}")
-        if pos.moved:
-            say(
-                f"the steps per epoch changed: continuing at epoch {pos.epoch + 1}, image "
-                f"{pos.batch * cfg.batch_size} of its order, from the {pos.images} images seen"
-            )
-    else:
-        say(
-            f"pretraining {cfg.arch} on {len(plan.train)} images from {cfg.data} "
-            f"({len(plan.holdout)} held out), {cfg.epochs} epochs x {plan.steps_per_epoch} "
-            f"steps, global batch {cfg.batch_size} on {parts.dist.world_size} x "
-            f"{parts.device.type}, crops {cfg.global_views}x{cfg.global_size}px + "
-            f"{cfg.local_views}x{cfg.local_size}px"
-        )
-    say(f"run directory: {cfg.out}")
-
-
 def make_step(plan: RunPlan, pos: Position, parts: Parts) -> TrainStep:
     """The optimisation step, its schedule counted over the steps left from `pos`."""
     cfg, spe = plan.cfg, plan.steps_per_epoch
@@ -448,7 +412,8 @@ def train_run(
     total_steps = pos.total_steps(spe, cfg.epochs)
     dataset = train_dataset(plan.train, cfg)
     keeper, scorer, skipped = session.open(plan, pos, parts, request)
-    announce(plan, pos, parts, session.events)
+    for line in describe(plan, pos, parts.dist.world_size, parts.device.type):
+        session.events.on_message(line)
     if request.resume and dist.is_main:
         scorer.score_unscored()
     distributed.barrier()

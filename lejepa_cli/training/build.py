@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lejepa_cli import config
 from lejepa_cli.config import AUTO, PretrainConfig
+from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import UsageError
 from lejepa_cli.model import DataSpec, LeJEPAModel, build_backbone, data_spec, is_transformer
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the built run is made of, shared by the loop, the keeper and the scorer."""
+
+    model: LeJEPAModel
+    optimizer: torch.optim.Optimizer
+    spec: DataSpec
+    device: torch.device
+    dist: DistInfo
 
 
 def build_model(

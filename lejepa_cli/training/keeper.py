@@ -15,6 +15,7 @@ import torch
 from lejepa_cli import checkpoint, distributed
 from lejepa_cli.errors import DivergedError
 from lejepa_cli.model import DataSpec, LeJEPAModel
+from lejepa_cli.training.build import Parts
 from lejepa_cli.training.callbacks import Callback, CheckpointInfo, EpochEnd
 from lejepa_cli.training.logs import SkippedRecord
 from lejepa_cli.training.plan import Position, RunPlan
@@ -56,7 +57,7 @@ class CheckpointKeeper(Callback):
         self,
         plan: RunPlan,
         position: Position,
-        parts: Any,  # train.Parts: model, optimizer, spec, device, dist
+        parts: Parts,
         skipped: SkippedRecord,
         observers: Callback,
         config_file: Path,

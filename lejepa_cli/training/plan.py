@@ -152,3 +152,29 @@ def resume_position(
         epoch, batch = epoch + 1, 0
     moved = old_batch != batch_size or old_train != num_train
     return Position(step, epoch, batch, seen, moved)
+
+
+def describe(plan: RunPlan, pos: Position, world_size: int, device_type: str) -> list[str]:
+    """What the run is about to do, as lines for train.log and the terminal."""
+    cfg = plan.cfg
+    lines = []
+    if plan.resume:
+        lines.append(f"resuming {cfg.out} at step {pos.step} (epoch {pos.epoch + 1})")
+        for key, old, new in plan.changes:
+            lines.append(f"config change forced: {key}: {old!r} -> {new!r}")
+        if plan.folder_change:
+            lines.append(f"image folder change forced: {plan.folder_change.describe()}")
+        if pos.moved:
+            lines.append(
+                f"the steps per epoch changed: continuing at epoch {pos.epoch + 1}, image "
+                f"{pos.batch * cfg.batch_size} of its order, from the {pos.images} images seen"
+            )
+    else:
+        lines.append(
+            f"pretraining {cfg.arch} on {len(plan.train)} images from {cfg.data} "
+            f"({len(plan.holdout)} held out), {cfg.epochs} epochs x {plan.steps_per_epoch} "
+            f"steps, global batch {cfg.batch_size} on {world_size} x {device_type}, "
+            f"crops {cfg.global_views}x{cfg.global_size}px + {cfg.local_views}x{cfg.local_size}px"
+        )
+    lines.append(f"run directory: {cfg.out}")
+    return lines

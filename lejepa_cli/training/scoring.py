@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lejepa_cli import checkpoint
+from lejepa_cli.training.build import Parts
 from lejepa_cli.training.callbacks import Callback, CheckpointInfo
 from lejepa_cli.training.keeper import kept
 from lejepa_cli.training.logs import SkippedRecord
@@ -25,7 +26,7 @@ class HoldoutScorer(Callback):
     def __init__(
         self,
         plan: RunPlan,
-        parts: Any,  # train.Parts: model, spec, device, dist
+        parts: Parts,
         skipped: SkippedRecord,
         observers: Callback,
         warn: Callable[[str], None],
