@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lejepa_cli import atomic
 from lejepa_cli.artifacts import Encoder
 from lejepa_cli.config import MAX_WORKERS
 from lejepa_cli.model import DataSpec
@@ -414,12 +415,10 @@ def cached_features(
         )
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
+            with atomic.atomic_path(file, sync=False) as tmp, open(tmp, "wb") as f:
                 np.savez(
                     f, features=feats, ok=ok, paths=unique, reasons=np.array(reasons, dtype=str)
                 )
-            os.replace(tmp, file)
     elif progress_cb is not None:
         progress_cb(len(unique), len(unique))
     position = {p: i for i, p in enumerate(unique.tolist())}
