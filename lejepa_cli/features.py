@@ -42,7 +42,7 @@ MAX_BATCH_SIZE = 65536
 # would become 35 x 35,000,000 at 32 px (gigabytes). A strip whose resized image would pass
 # this many pixels is first cut to its centre, which is all the centre crop keeps anyway.
 MAX_EVAL_PIXELS = 1 << 24  # 50 MB of RGB; at 224 px, strips thinner than 1:272
-ProgressFn = Callable[[int, int], None]  # (images done, images in total)
+ImageProgress = Callable[[int, int], None]  # (images done, images in total)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -231,7 +231,7 @@ def _extract(
     batch_size: int,
     workers: int | str,
     device: str | torch.device,
-    progress_cb: ProgressFn | None,
+    progress_cb: ImageProgress | None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -319,7 +319,7 @@ def extract(
     batch_size: int = 64,
     workers: int | str = "auto",
     device: str | torch.device = "auto",
-    progress_cb: ProgressFn | None = None,
+    progress_cb: ImageProgress | None = None,
     kind: str = "embed",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, F) float32 and a mask (N,) of readable images; unreadable rows are zeros."""
@@ -385,7 +385,7 @@ def cached_features(
     batch_size: int = 64,
     workers: int | str = "auto",
     device: str | torch.device = "auto",
-    progress_cb: ProgressFn | None = None,
+    progress_cb: ImageProgress | None = None,
 ) -> FeatureSet:
     """Features of the images, read from `cache_dir` when the cache key matches, else computed
     (in sorted order) and written there. `cache_dir=None` disables the cache."""

@@ -38,7 +38,7 @@ from lejepa_cli.probe.results import (
 MAX_SEEDS = 1000  # repeats per shots setting; with 1000 the mean is known to 3% of the spread
 
 
-ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 def probe_backbone_on_csv(
@@ -150,7 +150,7 @@ def run_probe(
     device: str = "auto",
     batch_size: int = 64,
     workers: int | str = "auto",
-    progress: ProgressFn | None = None,
+    progress: StageProgress | None = None,
     balanced: bool = False,
     crop_pct: float | None = None,
     overwrite: bool = False,
