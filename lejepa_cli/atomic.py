@@ -53,13 +53,13 @@ def atomic_path(path: Path, *, sync: bool = True) -> Iterator[Path]:
         fsync_dir(path.parent)
 
 
-def write_text_atomic(path: Path, text: str | bytes, *, sync: bool = True) -> None:
-    """Replace `path` with `text` (UTF-8) or bytes, atomically."""
+def write_text_atomic(
+    path: Path, text: str | bytes, *, sync: bool = True, errors: str = "strict"
+) -> None:
+    """Replace `path` with `text` (UTF-8, `errors` as str.encode takes it) or bytes, atomically."""
+    data = text if isinstance(text, bytes) else text.encode("utf-8", errors)
     with atomic_path(path, sync=sync) as tmp:
-        if isinstance(text, bytes):
-            tmp.write_bytes(text)
-        else:
-            tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
 
 
 def write_json_atomic(path: Path, data: Any, *, sync: bool = True, **dumps: Any) -> None:

@@ -24,10 +24,8 @@ A run directory is the contract that the five commands share. `lejepa pretrain` 
                 heldout.json             its held-out score
                 config.yaml              a copy of the run's, as it was then
 
-Every module asks this one for a name or a path instead of spelling it. `kind_of` says what a
-path given on the command line is; `CheckpointMeta` is meta.json read and checked once;
-`resolve_checkpoint` turns --checkpoint (last, best, an epoch, a name) into a folder. Files are
-replaced with `lejepa_cli.atomic`, so that a kill leaves the old one.
+Every module asks this one for a name or a path instead of spelling it; files are replaced
+with `lejepa_cli.atomic`, so that a kill leaves the old one.
 """
 
 from __future__ import annotations
@@ -129,8 +127,7 @@ def checkpoint_dir(run_dir: Path, name: str) -> Path:
 
 def run_of(ckpt: Path) -> Path | None:
     """The run a checkpoint folder belongs to, or None for a checkpoint copied out of its run."""
-    ckpt = Path(ckpt)
-    return ckpt.parent.parent if ckpt.parent.name == CHECKPOINTS else None
+    return Path(ckpt).parent.parent if Path(ckpt).parent.name == CHECKPOINTS else None
 
 
 # ----------------------------------------------------------------------------- what a path is

@@ -276,3 +276,18 @@ def test_clear_run_matches_what_pretrain_overwrite_removes(tmp_path):
         (rundir.clear_run if name == "a" else train._clear_run_dir)(run)
         trees.append(_tree(run))
     assert trees[0] == trees[1] == ["notes.md"]
+
+
+def test_a_checkpoint_folder_with_its_config_copy_loads_as_a_checkpoint(tmp_path):
+    """pretrain copies config.yaml into every checkpoint: the folder is still a checkpoint to
+    the commands that load one (it was taken for a run without checkpoints)."""
+    from helpers_runs import make_run
+
+    from lejepa_cli.artifacts import load_encoder
+
+    run = make_run(tmp_path / "run", epochs=(1,))
+    ckpt = rundir.checkpoint_dir(run, "epoch-0001")
+    (ckpt / rundir.CONFIG).write_text((run / rundir.CONFIG).read_text())
+    encoder = load_encoder(ckpt)
+    assert encoder.source["kind"] == "checkpoint" and encoder.source["checkpoint"] == ckpt.name
+    assert encoder.source["path"] == str(run)

@@ -151,7 +151,6 @@ def explore(
 ) -> ExploreResult:
     """Write OUT/index.html and its CSVs for the images under `folder` (see the module doc)."""
     from lejepa_cli.artifacts import check_crop_pct, load_encoder, with_crop_pct
-    from lejepa_cli.data.scan import scan_folder
     from lejepa_cli.explore import map as emap
     from lejepa_cli.features import resolve_device
 
@@ -161,12 +160,7 @@ def explore(
     check_out_dir(out_dir, overwrite)
     method = emap.resolve_method(map_method)
     dev = resolve_device(device)
-    index = scan_folder(folder, arg="FOLDER")
-    if len(index) == 0:
-        raise DataError(f"no images found in {folder}; point FOLDER at a folder of images")
-    asked = _resolve_queries(index, query, folder)
-    label_ids, classes = _labels_of(index, labels) if labels is not None else (None, [])
-
+    index, asked, label_ids, classes = _read_folder(folder, query, labels)
     encoders = [with_crop_pct(load_encoder(model, checkpoint), crop_pct)]
     if compare is not None:
         encoders.append(with_crop_pct(load_encoder(compare, compare_checkpoint), crop_pct))
@@ -190,6 +184,18 @@ def explore(
         knn_accuracy=found.accuracy,
         note=crowded_note(len(found.pairs), len(emb.rel), found.pair_sims),
     )
+
+
+def _read_folder(folder: Path, query, labels):
+    """(the folder's index, the --query rows, class ids or None, class names)."""
+    from lejepa_cli.data.scan import scan_folder
+
+    index = scan_folder(folder, arg="FOLDER")
+    if len(index) == 0:
+        raise DataError(f"no images found in {folder}; point FOLDER at a folder of images")
+    asked = _resolve_queries(index, query, folder)
+    label_ids, classes = _labels_of(index, labels) if labels is not None else (None, [])
+    return index, asked, label_ids, classes
 
 
 @dataclass
