@@ -18,12 +18,12 @@ from typing import Any
 from torch import nn
 
 from lejepa_cli import checkpoint as ckpt_io
-from lejepa_cli.config import MAX_SIZE, MIN_CROP_PCT
+from lejepa_cli import rundir
+from lejepa_cli.config import MIN_CROP_PCT
 from lejepa_cli.errors import CheckpointError, UsageError
-from lejepa_cli.model import DataSpec
-
-WEIGHTS = "model.safetensors"
-EXPORT_CONFIG = "config.json"
+from lejepa_cli.jsontypes import is_number, is_whole_number
+from lejepa_cli.model import DataSpec, data_spec_of
+from lejepa_cli.rundir import EXPORT_CONFIG, WEIGHTS
 
 
 @dataclass
@@ -47,75 +47,21 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def kind_of(path: Path) -> str:
-    """'run', 'checkpoint' or 'export' for a directory, else a UsageError that says what to pass."""
+def _loadable_kind(path: Path) -> str:
+    """'run', 'checkpoint' or 'export' (`rundir.kind_of`); a UsageError that says what to pass
+    for any other path."""
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"{path} does not exist; pass a run directory or an export directory")
-    if path.is_dir():
-        if (path / EXPORT_CONFIG).is_file() and (path / WEIGHTS).is_file():
-            return "export"
-        if (path / ckpt_io.CHECKPOINTS).is_dir() or (path / "config.yaml").is_file():
-            return "run"
-        if (path / "meta.json").is_file():
-            return "checkpoint"
-    elif path.suffix == ".safetensors" and (path.parent / "meta.json").is_file():
+    kind = rundir.kind_of(path)
+    if kind == "weights" and (path.parent / rundir.META).is_file():
         raise UsageError(
             f"{path} is a checkpoint's weights file; pass its folder {path.parent} (or the run)"
         )
-    raise UsageError(
-        f"{path} is neither a run directory (written by `lejepa pretrain`) nor an export "
-        "(config.json + model.safetensors, written by `lejepa export`)"
-    )
-
-
-_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
-_SPEC_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
-
-
-def _finite_triple(value: Any) -> bool:
-    return (
-        isinstance(value, list)
-        and len(value) == 3
-        and all(ckpt_io.is_finite_number(v) for v in value)
-    )
-
-
-def spec_from_meta(data: Any) -> DataSpec:
-    """The preprocessing recorded in a checkpoint's meta.json or an export's pretrained_cfg;
-    a ValueError that starts with the field's name when a value is missing or cannot be right."""
-    if not isinstance(data, dict):
-        raise ValueError(f"is {data!r}, not a mapping")
-    for key in _SPEC_KEYS:
-        if key not in data:
-            raise ValueError(f"{key} is missing")
-    size = data["input_size"]
-    if isinstance(size, list):  # timm's [channels, height, width]
-        if len(size) != 3 or size[0] != 3 or size[1] != size[2]:
-            raise ValueError(f"input_size {size} is not [3, S, S]")
-        size = size[-1]
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
-        raise ValueError(f"input_size {size} is not a whole number from 1 to {MAX_SIZE}")
-    mean, std = data["mean"], data["std"]
-    if not _finite_triple(mean):
-        raise ValueError(f"mean {mean} is not three finite numbers")
-    if not _finite_triple(std) or not all(v > 0 for v in std):
-        raise ValueError(f"std {std} is not three finite numbers above 0")
-    interpolation = data["interpolation"]
-    if interpolation not in _INTERPOLATIONS:
-        raise ValueError(
-            f"interpolation {interpolation!r} is not one of {', '.join(_INTERPOLATIONS)}"
+    if kind in ("weights", "folder"):
+        raise UsageError(
+            f"{path} is neither a run directory (written by `lejepa pretrain`) nor an export "
+            "(config.json + model.safetensors, written by `lejepa export`)"
         )
-    crop = data["crop_pct"]
-    if not ckpt_io.is_number(crop) or not MIN_CROP_PCT <= crop <= 1:
-        raise ValueError(f"crop_pct {crop} is not a number from {MIN_CROP_PCT} to 1")
-    return DataSpec(
-        input_size=size,
-        mean=tuple(float(v) for v in mean),
-        std=tuple(float(v) for v in std),
-        interpolation=interpolation,
-        crop_pct=float(crop),
-    )
+    return kind
 
 
 def model_args_of(backbone: nn.Module) -> dict[str, Any]:
@@ -196,48 +142,14 @@ def _check_tensors(backbone: nn.Module, weights: dict, where: str, arch: str, pa
         )
 
 
-def _saved_arch(run_dir: Path) -> str | None:
-    """The architecture the run's config.yaml names (read leniently: only this key matters)."""
-    import yaml
-
-    path = run_dir / "config.yaml"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    return str(data["arch"]) if isinstance(data, dict) and data.get("arch") else None
-
-
-def _model_of_meta(meta: dict[str, Any]) -> tuple[str, int, DataSpec]:
-    """(architecture, global size, eval preprocessing) of a checkpoint's meta.json, whose
-    field types `read_meta` has checked; a ValueError naming the field."""
-    for key in ("arch", "global_size", "data"):
-        if key not in meta:
-            raise ValueError(f"{key} is missing")
-    if not meta["arch"]:
-        raise ValueError("arch is empty")
-    if not 1 <= meta["global_size"] <= MAX_SIZE:
-        raise ValueError(f"global_size {meta['global_size']} is not from 1 to {MAX_SIZE}")
-    try:
-        spec = spec_from_meta(meta["data"])
-    except ValueError as exc:
-        raise ValueError(f"data.{exc}") from None
-    return meta["arch"], meta["global_size"], spec
-
-
 def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
     from lejepa_cli.model import build_backbone
 
-    meta = ckpt_io.read_meta(ckpt)
-    try:
-        arch, size, spec = _model_of_meta(meta)
-    except ValueError as exc:
-        raise CheckpointError(
-            f"{ckpt}/meta.json has an invalid value ({exc}); the checkpoint is damaged: "
-            + ckpt_io.damaged_checkpoint_fix(ckpt)
-        ) from None
-    config_arch = _saved_arch(run_dir) if run_dir is not None else None
-    if config_arch is not None and config_arch != arch:
+    meta = rundir.read_meta(ckpt)
+    arch, size, spec = meta.model(ckpt)
+    # The run's config.yaml is read leniently: only its arch matters here.
+    config_arch = rundir.read_config_fields(run_dir).get("arch") if run_dir is not None else None
+    if config_arch and str(config_arch) != arch:
         raise CheckpointError(
             f"checkpoint {ckpt.name} holds weights for {arch}, not {config_arch} as "
             f"{run_dir}/config.yaml says; the checkpoint was copied from another run"
@@ -258,8 +170,8 @@ def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
             "kind": kind,
             "path": str(run_dir if run_dir is not None else ckpt),
             "checkpoint": ckpt.name,
-            "step": meta.get("step"),
-            "epoch": meta.get("epoch"),
+            "step": meta.step,
+            "epoch": meta.epoch,
         },
         fingerprint=sha256_file(ckpt / WEIGHTS),
         model_args=model_args_of(backbone),
@@ -291,7 +203,7 @@ def _check_export_config(cfg: Any) -> None:
     if not isinstance(cfg.get("pretrained_cfg"), dict):
         raise ValueError("pretrained_cfg must be a mapping")
     try:
-        spec_from_meta(cfg["pretrained_cfg"])
+        data_spec_of(cfg["pretrained_cfg"])
     except ValueError as exc:
         raise ValueError(f"pretrained_cfg.{exc}") from None
     for key in ("model_args", "lejepa"):
@@ -309,7 +221,7 @@ def _check_export_config(cfg: Any) -> None:
         raise ValueError(f"lejepa.source.checkpoint {source['checkpoint']!r} is not a name")
     for key in ("step", "epoch"):
         value = source.get(key)
-        if value is not None and not ckpt_io.is_whole_number(value):
+        if value is not None and not is_whole_number(value):
             raise ValueError(f"lejepa.source.{key} {value!r} is not a whole number")
 
 
@@ -318,15 +230,11 @@ def _check_model_arg(name: str, value: Any) -> None:
     list of those; a rate (drop_rate, drop_path_rate...) from 0 to 1."""
     items = value if isinstance(value, list) else [value]
     for item in items:
-        if not (item is None or isinstance(item, (bool, str)) or ckpt_io.is_number(item)):
+        if not (item is None or isinstance(item, (bool, str)) or is_number(item)):
             raise ValueError(f"model_args.{name} {value!r} is not text, a number or a flag")
-        if ckpt_io.is_number(item) and not math.isfinite(item):
+        if is_number(item) and not math.isfinite(item):
             raise ValueError(f"model_args.{name} {value!r} is not finite")
-    if (
-        name.endswith("_rate")
-        and value is not None
-        and not (ckpt_io.is_number(value) and 0 <= value <= 1)
-    ):
+    if name.endswith("_rate") and value is not None and not (is_number(value) and 0 <= value <= 1):
         raise ValueError(f"model_args.{name} {value!r} is not a rate from 0 to 1")
 
 
@@ -343,8 +251,8 @@ def _check_model_arg_types(backbone: nn.Module, model_args: dict[str, Any]) -> N
             continue
         if isinstance(default, bool):
             ok, kind = isinstance(value, bool), "true or false"
-        elif ckpt_io.is_number(default):  # a size may also be given per side, as a list
-            ok, kind = ckpt_io.is_number(value) or isinstance(value, list), "a number"
+        elif is_number(default):  # a size may also be given per side, as a list
+            ok, kind = is_number(value) or isinstance(value, list), "a number"
         elif isinstance(default, str):
             ok, kind = isinstance(value, str), "text"
         else:
@@ -358,7 +266,7 @@ def _from_export(export_dir: Path) -> Encoder:
     arch = cfg["architecture"]
     model_args = dict(cfg.get("model_args") or {})
     model_args.pop("num_classes", None)
-    spec = spec_from_meta(cfg["pretrained_cfg"])  # checked by read_export_config
+    spec = data_spec_of(cfg["pretrained_cfg"])  # checked by read_export_config
     path = export_dir / WEIGHTS
     fingerprint = sha256_file(path) if path.is_file() else ""
     recorded = (cfg.get("lejepa") or {}).get("sha256")
@@ -422,7 +330,7 @@ def with_crop_pct(encoder: Encoder, crop_pct: float | None) -> Encoder:
 def load_encoder(path: str | Path, checkpoint: str | int | None = "last") -> Encoder:
     """The backbone of a run (its `checkpoint`: last, best, an epoch or a name) or of an export."""
     path = Path(path)
-    kind = kind_of(path)
+    kind = _loadable_kind(path)
     if kind == "export":
         if checkpoint not in (None, "last", "best"):
             raise UsageError(
@@ -437,9 +345,8 @@ def load_encoder(path: str | Path, checkpoint: str | int | None = "last") -> Enc
                 f"{path} is a checkpoint folder, so --checkpoint {checkpoint} has nothing to "
                 "choose from; drop --checkpoint or point at the run directory"
             )
-        run_dir = path.parent.parent if path.parent.name == ckpt_io.CHECKPOINTS else None
-        return _from_checkpoint(path, "checkpoint", run_dir)
-    ckpt = ckpt_io.resolve(path, "last" if checkpoint is None else str(checkpoint))
+        return _from_checkpoint(path, "checkpoint", rundir.run_of(path))
+    ckpt = rundir.resolve_checkpoint(path, "last" if checkpoint is None else str(checkpoint))
     return _from_checkpoint(ckpt, "run", path)
 
 

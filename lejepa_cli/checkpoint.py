@@ -1,22 +1,14 @@
 """Checkpoints: written atomically, read without unpickling.
 
-Layout of one checkpoint, a directory under `RUN/checkpoints/`:
-
-    epoch-0003/            (or step-0000150/ for a stop mid-epoch)
-        model.safetensors  backbone.* and projector.* weights (timm key names after the prefix)
-        train_state.safetensors  optimizer state, step counters, RNG states: tensors, and the
-                           structure around them as JSON in the file's metadata
-        meta.json          epoch, step, losses, architecture, sizes, time
-
-`RUN/checkpoints/last.json` names the newest complete checkpoint. A checkpoint is written into a
-temporary directory and renamed into place, then `last.json` is replaced atomically: a crash or a
-kill -9 at any point leaves the previous checkpoint and pointer intact.
+What a checkpoint folder holds and where it lives is `lejepa_cli.rundir`'s (its docstring draws
+the layout); this module writes one and reads its tensors back. A checkpoint is written into a
+temporary directory and renamed into place, then `last.json` is replaced atomically: a crash or
+a kill -9 at any point leaves the previous checkpoint and pointer intact.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -26,50 +18,13 @@ from typing import Any
 
 import torch
 
-from lejepa_cli.errors import CheckpointError, RunDirError
+from lejepa_cli import atomic, rundir
+from lejepa_cli.errors import CheckpointError
 
-CHECKPOINTS = "checkpoints"
-LAST = "last.json"
-_NAME = re.compile(r"^(epoch-\d{4,}|step-\d{7,})$")
-
-
-def is_own_name(name: str) -> bool:
-    """Whether an entry of checkpoints/ was written by lejepa: a checkpoint, last.json, or a
-    temporary file or folder of an interrupted write."""
-    return (
-        bool(_NAME.match(name)) or name == LAST or name.startswith((".tmp-", ".old-", f".{LAST}."))
-    )
-
-
-def epoch_name(epoch: int) -> str:
-    return f"epoch-{epoch:04d}"
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:07d}"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+# The names and readers of the layout that train.py still takes from here (see rundir).
+CHECKPOINTS, LAST, TRAIN_STATE = rundir.CHECKPOINTS, rundir.LAST, rundir.TRAIN_STATE
+epoch_name, step_name = rundir.epoch_name, rundir.step_name
+list_checkpoints, last, is_own_name = rundir.list_checkpoints, rundir.last, rundir.is_own_name
 
 
 def save(
@@ -87,7 +42,7 @@ def save(
     directory once its files are written; tests use it to simulate a crash in the middle of a
     checkpoint write.
     """
-    root = Path(run_dir) / CHECKPOINTS
+    root = rundir.checkpoints_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
     tmp = root / f".tmp-{name}-{os.getpid()}"
@@ -96,9 +51,9 @@ def save(
     tmp.mkdir()
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-        save_tensors(tensors, tmp / "model.safetensors", {"format": "pt"})
+        save_tensors(tensors, tmp / rundir.WEIGHTS, {"format": "pt"})
         save_train_state(train_state, tmp / TRAIN_STATE)
-        (tmp / "meta.json").write_text(
+        (tmp / rundir.META).write_text(
             json.dumps({**meta, "name": name, "saved_at": time.time()}, indent=2)
         )
         for file_name, text in (files or {}).items():  # e.g. a copy of the run's config.yaml
@@ -106,7 +61,7 @@ def save(
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        atomic.fsync_dir(tmp)
         if before_rename is not None:
             before_rename(tmp)
     except Exception:  # a full disk: leave no half-written folder behind (a kill still can)
@@ -119,72 +74,18 @@ def save(
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(root)
-    write_json_atomic(root / LAST, {"name": name})
+    atomic.fsync_dir(root)
+    atomic.write_json_atomic(root / LAST, {"name": name})
     return final
 
 
 def clean_partial(run_dir: Path) -> None:
     """Remove temporary directories left by an interrupted write."""
-    root = Path(run_dir) / CHECKPOINTS
+    root = rundir.checkpoints_dir(run_dir)
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith((".tmp-", ".old-")):
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first (by step).
-
-    A checkpoint whose meta.json cannot be read is still listed (so that it can be named), first:
-    `last()` and the fixes that point at another checkpoint then never pick it over a sound one.
-    """
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and _NAME.match(p.name) and (p / "meta.json").is_file()
-    ]
-
-    def key(p: Path) -> tuple[int, str]:
-        try:
-            step = _load_meta(p).get("step")
-        except (OSError, ValueError):
-            step = None
-        return (-1 if step is None else step, p.name)
-
-    return sorted(found, key=key)
-
-
-# Types of the meta.json fields that commands read; each may be absent, never of another type.
-_WHOLE_FIELDS = (
-    "step",
-    "epoch",
-    "global_size",
-    "local_size",
-    "feature_dim",
-    "images_seen",
-    "num_train_images",
-)
-_NUMBER_FIELDS = ("lam", "saved_at")
-_TEXT_FIELDS = ("arch", "name", "version")
-
-
-def is_number(value: Any) -> bool:
-    """A JSON number (int or float, not a bool): how metadata readers check a field."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_finite_number(value: Any) -> bool:
-    """A JSON number that is neither NaN nor infinite."""
-    return is_number(value) and math.isfinite(value)
-
-
-def is_whole_number(value: Any) -> bool:
-    """A JSON integer (not a bool, not a float)."""
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def float_mismatch(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> str | None:
@@ -200,43 +101,10 @@ def float_mismatch(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor
     )
 
 
-def _load_meta(ckpt: Path) -> dict[str, Any]:
-    """meta.json with its fields checked; OSError or ValueError (naming the field) otherwise."""
-    meta = json.loads((Path(ckpt) / "meta.json").read_text())
-    if not isinstance(meta, dict):
-        raise ValueError("not a mapping")
-    for key in _WHOLE_FIELDS:
-        value = meta.get(key, 0)
-        if not is_whole_number(value) or value < 0:
-            raise ValueError(f"{key} is {value!r}, not a whole number")
-    for key in _NUMBER_FIELDS:
-        value = meta.get(key, 0)
-        if not is_finite_number(value):
-            raise ValueError(f"{key} is {value!r}, not a number")
-    for key in _TEXT_FIELDS:
-        if not isinstance(meta.get(key, ""), str):
-            raise ValueError(f"{key} is {meta[key]!r}, not text")
-    if not isinstance(meta.get("data", {}), dict):
-        raise ValueError(f"data is {meta['data']!r}, not a mapping")
-    train = meta.get("train")  # the epoch's mean losses: name -> number (None when unknown)
-    if train is not None and not (
-        isinstance(train, dict)
-        and all(isinstance(k, str) and (v is None or is_number(v)) for k, v in train.items())
-    ):
-        raise ValueError(f"train is {train!r}, not a mapping of losses")
-    return meta
-
-
 def read_meta(ckpt: Path) -> dict[str, Any]:
-    """A checkpoint's meta.json; a CheckpointError naming the checkpoint and the fix when it
-    cannot be read or a field has the wrong type."""
-    try:
-        return _load_meta(ckpt)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"cannot read {ckpt}/meta.json ({exc}); the checkpoint is damaged: "
-            + damaged_checkpoint_fix(ckpt)
-        ) from None
+    """meta.json as written, checked by `rundir.CheckpointMeta` (train.py's resume reads it as a
+    mapping; every other reader takes the record from `rundir.read_meta`)."""
+    return rundir.read_meta(ckpt).raw
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -275,100 +143,14 @@ def safetensors_problem(path: Path) -> str | None:
 def damage(ckpt: Path) -> str | None:
     """What is wrong with a checkpoint's files, or None when they look whole."""
     ckpt = Path(ckpt)
-    try:
-        _load_meta(ckpt)
-    except (OSError, ValueError) as exc:
-        return f"meta.json: {exc}"
-    for name in ("model.safetensors", TRAIN_STATE):
+    problem = rundir.meta_problem(ckpt)
+    if problem is not None:
+        return problem
+    for name in (rundir.WEIGHTS, TRAIN_STATE):
         problem = safetensors_problem(ckpt / name)
         if problem is not None:
             return f"{name} is {problem}"
     return None
-
-
-def _sound(ckpt: Path) -> bool:
-    try:
-        _load_meta(ckpt)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _others(ckpt: Path) -> list[Path] | None:
-    """The run's other checkpoints with a readable meta.json, oldest first; None when `ckpt` is
-    not inside a run's checkpoints folder."""
-    ckpt = Path(ckpt)
-    if ckpt.parent.name != CHECKPOINTS:
-        return None
-    return [p for p in list_checkpoints(ckpt.parent.parent) if p.name != ckpt.name and _sound(p)]
-
-
-def damaged_checkpoint_fix(ckpt: Path) -> str:
-    """What to do about a checkpoint that cannot be used by any command: use another one."""
-    others = _others(ckpt)
-    if others is None:
-        return "copy it again from its run, or use another checkpoint"
-    if others:
-        return f"delete {ckpt} and use another checkpoint of the run (such as {others[-1].name})"
-    return "it is the run's only readable checkpoint: start over with --overwrite"
-
-
-def _plain_name(name: Any) -> bool:
-    """A checkpoint name from a file in the run: one folder inside checkpoints/, never a path
-    that leads out of the run."""
-    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
-
-
-def last(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    root = Path(run_dir) / CHECKPOINTS
-    try:
-        name = json.loads((root / LAST).read_text())["name"]
-        if _plain_name(name) and (root / name / "meta.json").is_file():
-            return root / name
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def resolve(run_dir: Path, which: str = "last") -> Path:
-    """A checkpoint directory from 'last', 'best', an epoch number or a checkpoint name."""
-    run_dir = Path(run_dir)
-    found = list_checkpoints(run_dir)
-    if not found:
-        raise RunDirError(
-            f"{run_dir} has no checkpoint: the run stopped before its first one, or its "
-            f"checkpoints were deleted; train it with `lejepa pretrain DATA --out {run_dir} "
-            "--overwrite` first"
-        )
-    which = str(which)
-    if which == "last":
-        return last(run_dir)  # type: ignore[return-value]
-    if which == "best":
-        report = run_dir / "report.json"
-        try:
-            best = json.loads(report.read_text()).get("recommended", {}).get("checkpoint")
-        except (OSError, ValueError, AttributeError):
-            best = None
-        if _plain_name(best) and (run_dir / CHECKPOINTS / best / "meta.json").is_file():
-            return run_dir / CHECKPOINTS / best
-        if _plain_name(best):
-            names = ", ".join(p.name for p in found)
-            raise RunDirError(
-                f"report.json of {run_dir} recommends {best}, which is no longer in its "
-                f"checkpoints; pass --checkpoint last or one of {names} (`lejepa inspect "
-                f"{run_dir}` ranks them)"
-            )
-        raise RunDirError(
-            f"{run_dir} has no checkpoint ranking yet (report.json); use --checkpoint last or an epoch number"
-        )
-    name = epoch_name(int(which)) if which.isascii() and which.isdigit() else which
-    path = run_dir / CHECKPOINTS / name
-    if not _plain_name(name) or not (path / "meta.json").is_file():
-        names = ", ".join(p.name for p in found)
-        raise RunDirError(f"no checkpoint '{which}' in {run_dir}; available: last, best, {names}")
-    return path
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -406,8 +188,8 @@ def check_readable(path: Path) -> None:
 def weights_fix(path: Path) -> str:
     """What to do about a damaged weights file: a checkpoint's or an export's."""
     path = Path(path)
-    if (path.parent / "meta.json").is_file():
-        return damaged_checkpoint_fix(path.parent)
+    if (path.parent / rundir.META).is_file():
+        return rundir.damaged_checkpoint_fix(path.parent)
     return "export the run again"
 
 
@@ -416,7 +198,7 @@ def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tenso
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(ckpt) / "model.safetensors" if Path(ckpt).is_dir() else Path(ckpt)
+    path = Path(ckpt) / rundir.WEIGHTS if Path(ckpt).is_dir() else Path(ckpt)
     check_readable(path)
     try:
         tensors = load_file(str(path))
@@ -441,7 +223,6 @@ def load_weights(ckpt: Path, prefix: str | None = None) -> dict[str, torch.Tenso
     return {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
 
 
-TRAIN_STATE = "train_state.safetensors"
 _STATE_META = "lejepa_train_state"
 _TRAIN_STATE_KEYS = ("optimizer", "torch_rng", "step")
 
@@ -489,7 +270,7 @@ def save_train_state(state: dict[str, Any], path: Path) -> None:
 def damaged_fix(ckpt: Path) -> str:
     """What to do about a damaged train state: go back to an earlier checkpoint when the run
     has a sound one."""
-    earlier = _others(ckpt) or []
+    earlier = rundir.sound_others(ckpt) or []
     if earlier:
         return f"delete {ckpt} to resume from {earlier[-1].name}, or start over with --overwrite"
     return "it is the run's only checkpoint: start over with --overwrite"

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from lejepa_cli import atomic
 from lejepa_cli.errors import DataError, UnreadableDataError, UsageError
 
 SUFFIXES = (".npz", ".csv", ".parquet")
@@ -76,9 +77,8 @@ def write_embeddings(out_file: Path, embeddings: np.ndarray, paths: list[str]) -
     """Write (N, F) embeddings and their paths, atomically, in the format the suffix names."""
     suffix = check_output(out_file)
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp-{os.getpid()}")
     embeddings = np.asarray(embeddings, dtype=np.float32)
-    try:
+    with atomic.atomic_path(out_file, sync=False) as tmp:
         if suffix == ".npz":
             with open(tmp, "wb") as f:
                 np.savez(f, embeddings=embeddings, paths=np.array(paths, dtype=str))
@@ -97,10 +97,6 @@ def write_embeddings(out_file: Path, embeddings: np.ndarray, paths: list[str]) -
             for i, name in enumerate(_columns(embeddings.shape[1])):
                 columns[name] = pa.array(embeddings[:, i], type=pa.float32())
             pq.write_table(pa.table(columns), tmp)
-        os.replace(tmp, out_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def embed(

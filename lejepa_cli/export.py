@@ -15,25 +15,23 @@ exactly the eval preprocessing of `lejepa embed` and `lejepa probe`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
-from lejepa_cli import __version__
+from lejepa_cli import __version__, atomic, rundir
 from lejepa_cli import checkpoint as ckpt_io
 from lejepa_cli.artifacts import (
-    EXPORT_CONFIG,
-    WEIGHTS,
     Encoder,
     check_crop_pct,
-    kind_of,
     sha256_file,
     with_crop_pct,
 )
 from lejepa_cli.errors import RunDirError, UsageError, require_utf8_path
+from lejepa_cli.jsontypes import is_finite_number
+from lejepa_cli.rundir import EXPORT_CONFIG, WEIGHTS
 
 FORMATS = ("safetensors", "onnx")
 README = "README.md"
@@ -47,7 +45,7 @@ _ARCH_KEYS = ("first_conv", "classifier")
 def default_checkpoint(run_dir: str | Path) -> str:
     """'best' when the run's report recommends a checkpoint, else 'last'."""
     try:
-        ckpt_io.resolve(Path(run_dir), "best")
+        rundir.resolve_checkpoint(Path(run_dir), "best")
         return "best"
     except RunDirError:
         return "last"
@@ -99,16 +97,6 @@ def timm_config(encoder: Encoder) -> dict[str, Any]:
     return cfg
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def probe_summary(probe_json: Path) -> dict[str, Any] | None:
     """The headline rows of a probe.json (all shots, both heads, with the baseline if any).
 
@@ -135,8 +123,8 @@ def probe_summary(probe_json: Path) -> dict[str, Any] | None:
                     m: {"mean": r[m]["mean"], "std": r[m]["std"]}
                     for m in ("top1", "balanced_accuracy", "macro_f1")
                     if isinstance(r.get(m), dict)
-                    and ckpt_io.is_finite_number(r[m].get("mean"))
-                    and ckpt_io.is_finite_number(r[m].get("std"))
+                    and is_finite_number(r[m].get("mean"))
+                    and is_finite_number(r[m].get("std"))
                 },
             }
         )
@@ -146,14 +134,12 @@ def probe_summary(probe_json: Path) -> dict[str, Any] | None:
     view = data.get("eval_view") if isinstance(data.get("eval_view"), dict) else {}
     return {
         "checkpoint": _text(source.get("checkpoint")),
-        "crop_pct": view.get("crop_pct")
-        if ckpt_io.is_finite_number(view.get("crop_pct"))
-        else None,
+        "crop_pct": view.get("crop_pct") if is_finite_number(view.get("crop_pct")) else None,
         "labels": _text(data.get("labels")),
         "validation": _text(data.get("validation")),
         "num_classes": len(classes),
-        "num_val": sum(int(n) for n in counts.values() if ckpt_io.is_finite_number(n)),
-        "seeds": data.get("seeds") if ckpt_io.is_finite_number(data.get("seeds")) else None,
+        "num_val": sum(int(n) for n in counts.values() if is_finite_number(n)),
+        "seeds": data.get("seeds") if is_finite_number(data.get("seeds")) else None,
         "rows": keep,
     }
 
@@ -202,12 +188,6 @@ def _holds_export(folder: Path) -> bool:
     return isinstance(data, dict) and isinstance(data.get("lejepa"), dict)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def export(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -228,12 +208,14 @@ def export(
     check_crop_pct(crop_pct)
     if not Path(run_dir).exists():
         raise UsageError(f"{run_dir} does not exist; pass the folder of a pretraining run")
-    if kind_of(run_dir) != "run":
+    if rundir.kind_of(run_dir) != "run":
         raise UsageError(
             f"{run_dir} is not a run directory; export takes the folder of a pretraining run"
         )
     which = default_checkpoint(run_dir) if checkpoint is None else str(checkpoint)
-    ckpt_io.resolve(run_dir, which)  # no checkpoint, or an unknown one: fail before writing
+    rundir.resolve_checkpoint(
+        run_dir, which
+    )  # no checkpoint, or an unknown one: fail before writing
     _check_out_dir(out, run_dir, overwrite)
 
     from lejepa_cli.artifacts import load_encoder
@@ -243,21 +225,19 @@ def export(
     if overwrite:
         for name in _OWN_FILES:
             (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "probe", ignore_errors=True)  # probe results of the old weights
+        shutil.rmtree(out / rundir.PROBE, ignore_errors=True)  # probe results of the old weights
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
-    tmp = out / f".{WEIGHTS}.tmp-{os.getpid()}"
     try:
-        ckpt_io.save_tensors(tensors, tmp, {"format": "pt"})
+        with atomic.atomic_path(out / WEIGHTS, sync=False) as tmp:
+            ckpt_io.save_tensors(tensors, tmp, {"format": "pt"})
     except OSError as exc:  # name the folder the user gave, not the temporary file in it
         raise OSError(exc.errno, exc.strerror, str(out)) from None
-    os.replace(tmp, out / WEIGHTS)
     digest = sha256_file(out / WEIGHTS)
 
-    ckpt = Path(run_dir) / ckpt_io.CHECKPOINTS / encoder.source["checkpoint"]
-    meta = ckpt_io.read_meta(ckpt)
-    run_cfg = _read_yaml(run_dir / "config.yaml")
-    probe = probe_summary(run_dir / "probe" / "probe.json")
+    meta = rundir.read_meta(rundir.checkpoint_dir(run_dir, encoder.source["checkpoint"]))
+    run_cfg = rundir.read_config_fields(run_dir)
+    probe = probe_summary(run_dir / rundir.PROBE / rundir.PROBE_JSON)
     extra = {
         "format": 1,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -265,35 +245,35 @@ def export(
             "run": str(run_dir.resolve()),
             "checkpoint": encoder.source["checkpoint"],
             "chosen_as": which,
-            "epoch": meta.get("epoch"),
-            "step": meta.get("step"),
+            "epoch": meta.epoch,
+            "step": meta.step,
         },
         "training": {
             "objective": "LeJEPA: (1 - lam) * prediction + lam * SIGReg",
-            "epochs_done": meta.get("epoch"),
+            "epochs_done": meta.epoch,
             "epochs_planned": run_cfg.get("epochs"),
-            "steps": meta.get("step"),
-            "images_seen": meta.get("images_seen"),
+            "steps": meta.step,
+            "images_seen": meta.images_seen,
             "batch_size": run_cfg.get("batch_size"),
             "lr": run_cfg.get("lr"),
-            "lam": meta.get("lam", run_cfg.get("lam")),
+            "lam": meta.lam if meta.lam is not None else run_cfg.get("lam"),
             "global_views": run_cfg.get("global_views"),
             "local_views": run_cfg.get("local_views"),
-            "final_loss": meta.get("train"),
+            "final_loss": meta.train,
         },
         "data": {
             "folder": run_cfg.get("data"),
-            "num_train_images": meta.get("num_train_images"),
-            "global_size": meta.get("global_size"),
-            "local_size": meta.get("local_size"),
+            "num_train_images": meta.num_train_images,
+            "global_size": meta.global_size,
+            "local_size": meta.local_size,
         },
         "versions": _versions(),
         "sha256": digest,
         "probe": probe,
     }
     config = {**timm_config(encoder), "lejepa": extra}
-    _write_text(out / EXPORT_CONFIG, json.dumps(config, indent=2))
-    _write_text(out / README, model_card(config, out.name))
+    atomic.write_text_atomic(out / EXPORT_CONFIG, json.dumps(config, indent=2), sync=False)
+    atomic.write_text_atomic(out / README, model_card(config, out.name), sync=False)
     if fmt == "onnx":
         export_onnx(encoder, out / ONNX)
     return out
@@ -319,7 +299,6 @@ def export_onnx(encoder: Encoder, path: Path, opset: int = 17) -> Path:
     size = encoder.spec.input_size
     model = encoder.backbone.to("cpu").eval()
     dummy = torch.zeros(2, 3, size, size)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     kwargs: dict[str, Any] = {
         "input_names": ["pixel_values"],
         "output_names": ["embeddings"],
@@ -327,22 +306,27 @@ def export_onnx(encoder: Encoder, path: Path, opset: int = 17) -> Path:
         "dynamic_axes": {"pixel_values": {0: "batch"}, "embeddings": {0: "batch"}},
     }
     try:
-        # The TorchScript exporter needs only onnx; the newer one also needs onnxscript.
-        # The tracer warns about every Python branch in timm's forward; the size is fixed here.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(model, (dummy,), str(tmp), dynamo=False, **kwargs)
-            except TypeError:  # a torch from before the `dynamo` argument
-                torch.onnx.export(model, (dummy,), str(tmp), **kwargs)
+        with atomic.atomic_path(path, sync=False) as tmp:
+            _onnx_export(model, dummy, tmp, kwargs)
     except Exception as exc:  # any exporter failure is a property of this architecture
-        tmp.unlink(missing_ok=True)
         raise UsageError(
             f"ONNX export of {encoder.arch} failed ({type(exc).__name__}: {exc}); "
             "use the safetensors export, which needs no conversion"
         ) from None
-    os.replace(tmp, path)
     return path
+
+
+def _onnx_export(model, dummy, path: Path, kwargs: dict[str, Any]) -> None:
+    import torch
+
+    # The TorchScript exporter needs only onnx; the newer one also needs onnxscript.
+    # The tracer warns about every Python branch in timm's forward; the size is fixed here.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (dummy,), str(path), dynamo=False, **kwargs)
+        except TypeError:  # a torch from before the `dynamo` argument
+            torch.onnx.export(model, (dummy,), str(path), **kwargs)
 
 
 def _fmt_tuple(values) -> str:

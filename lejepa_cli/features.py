@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lejepa_cli import atomic
 from lejepa_cli.artifacts import Encoder
 from lejepa_cli.config import MAX_WORKERS
 from lejepa_cli.devices import autocast, resolve_device  # noqa: F401  (resolve_device: for callers)
@@ -42,7 +43,7 @@ MAX_BATCH_SIZE = 65536
 # would become 35 x 35,000,000 at 32 px (gigabytes). A strip whose resized image would pass
 # this many pixels is first cut to its centre, which is all the centre crop keeps anyway.
 MAX_EVAL_PIXELS = 1 << 24  # 50 MB of RGB; at 224 px, strips thinner than 1:272
-ProgressFn = Callable[[int, int], None]  # (images done, images in total)
+ImageProgress = Callable[[int, int], None]  # (images done, images in total)
 
 
 def resolve_workers(workers: int | str | None, num_images: int) -> int:
@@ -211,7 +212,7 @@ def _extract(
     batch_size: int,
     workers: int | str,
     device: str | torch.device,
-    progress_cb: ProgressFn | None,
+    progress_cb: ImageProgress | None,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
@@ -299,7 +300,7 @@ def extract(
     batch_size: int = 64,
     workers: int | str = "auto",
     device: str | torch.device = "auto",
-    progress_cb: ProgressFn | None = None,
+    progress_cb: ImageProgress | None = None,
     kind: str = "embed",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features (N, F) float32 and a mask (N,) of readable images; unreadable rows are zeros."""
@@ -365,7 +366,7 @@ def cached_features(
     batch_size: int = 64,
     workers: int | str = "auto",
     device: str | torch.device = "auto",
-    progress_cb: ProgressFn | None = None,
+    progress_cb: ImageProgress | None = None,
 ) -> FeatureSet:
     """Features of the images, read from `cache_dir` when the cache key matches, else computed
     (in sorted order) and written there. `cache_dir=None` disables the cache."""
@@ -395,12 +396,10 @@ def cached_features(
         )
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-            with open(tmp, "wb") as f:
+            with atomic.atomic_path(file, sync=False) as tmp, open(tmp, "wb") as f:
                 np.savez(
                     f, features=feats, ok=ok, paths=unique, reasons=np.array(reasons, dtype=str)
                 )
-            os.replace(tmp, file)
     elif progress_cb is not None:
         progress_cb(len(unique), len(unique))
     position = {p: i for i, p in enumerate(unique.tolist())}

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from lejepa_cli.errors import UsageError
+from lejepa_cli.jsontypes import is_finite_number, is_number, is_whole_number
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,53 @@ class DataSpec:
     std: tuple[float, float, float]
     interpolation: str
     crop_pct: float
+
+
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+_SPEC_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
+
+
+def _finite_triple(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 3 and all(map(is_finite_number, value))
+
+
+def data_spec_of(data: Any) -> DataSpec:
+    """The preprocessing recorded in meta.json's `data` or an export's `pretrained_cfg`, as a
+    DataSpec; a ValueError that starts with the field's name when a value is missing or
+    cannot be right."""
+    from lejepa_cli.config import MAX_SIZE, MIN_CROP_PCT
+
+    if not isinstance(data, dict):
+        raise ValueError(f"is {data!r}, not a mapping")
+    for key in _SPEC_KEYS:
+        if key not in data:
+            raise ValueError(f"{key} is missing")
+    size = data["input_size"]
+    if isinstance(size, list):  # timm's [channels, height, width]
+        if len(size) != 3 or size[0] != 3 or size[1] != size[2]:
+            raise ValueError(f"input_size {size} is not [3, S, S]")
+        size = size[-1]
+    if not is_whole_number(size) or not 1 <= size <= MAX_SIZE:
+        raise ValueError(f"input_size {size} is not a whole number from 1 to {MAX_SIZE}")
+    mean, std = data["mean"], data["std"]
+    if not _finite_triple(mean):
+        raise ValueError(f"mean {mean} is not three finite numbers")
+    if not _finite_triple(std) or not all(v > 0 for v in std):
+        raise ValueError(f"std {std} is not three finite numbers above 0")
+    if data["interpolation"] not in _INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation {data['interpolation']!r} is not one of {', '.join(_INTERPOLATIONS)}"
+        )
+    crop = data["crop_pct"]
+    if not is_number(crop) or not MIN_CROP_PCT <= crop <= 1:
+        raise ValueError(f"crop_pct {crop} is not a number from {MIN_CROP_PCT} to 1")
+    return DataSpec(
+        input_size=size,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        interpolation=data["interpolation"],
+        crop_pct=float(crop),
+    )
 
 
 def check_arch(arch: str) -> None:

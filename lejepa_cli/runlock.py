@@ -19,9 +19,10 @@ import socket
 import time
 from pathlib import Path
 
+from lejepa_cli import rundir
 from lejepa_cli.errors import RunLocked
 
-LOCK_FILE = ".lock"
+LOCK_FILE = rundir.LOCK
 
 
 def _holder(path: Path) -> str:

@@ -12,8 +12,8 @@ drop-path off, BatchNorm on batch statistics as in training, its running statist
 - fixed crops: the run's multi-crop recipe, with the random stream of held-out image number i
   seeded by (HOLDOUT_CROP_SEED, i) only, so the same images get the same crops at every
   checkpoint and in every run with the same view sizes, counts and scales;
-- fixed SIGReg directions: HELDOUT_SLICES directions drawn at the constant step
-  HELDOUT_DIRECTIONS_STEP, whatever the run's own --num-slices;
+- fixed SIGReg directions: HOLDOUT_SLICES directions drawn at the constant step
+  HOLDOUT_DIRECTIONS_STEP, whatever the run's own --num-slices;
 
 and records loss = (1 - lam) * pred + lam * sigreg there. Checkpoints are ranked by the paper's
 Eq. 8, lower `loss / lam**ALPHA` is better with ALPHA = 0.4; within one run lam is fixed, so this
@@ -41,40 +41,28 @@ import math
 import os
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from lejepa_cli import atomic, diagnostics, rundir
 from lejepa_cli import checkpoint as ckpt_io
-from lejepa_cli import diagnostics
 from lejepa_cli.config import AUGMENT_DEFAULTS
-from lejepa_cli.data.holdout import (  # noqa: F401  (the names callers import from here)
-    holdout_fingerprint,
-    multicrop_config,
-    split_holdout,
-)
-from lejepa_cli.devices import autocast
+from lejepa_cli.data.holdout import holdout_fingerprint, split_holdout
+from lejepa_cli.holdout_score import HoldoutResult, evaluate_holdout
+from lejepa_cli.jsontypes import is_number, is_whole_number
 
 log = logging.getLogger("lejepa_cli.selection")
 
 ALPHA = 0.4  # exponent of lam in the paper's Eq. 8
 LAM_FLOOR = 1e-4  # lam = 0 (no SIGReg) would divide by zero: it counts as this
-HOLDOUT_CROP_SEED = 0x4E1D0  # with the image's position in the holdout, seeds its crops
-HELDOUT_DIRECTIONS_STEP = 10**12  # SIGReg directions of the held-out score: one constant draw
-HELDOUT_SLICES = 1024  # directions of the held-out score, whatever the run's --num-slices
 SCORE_VERSION = 2  # bump when the score's definition changes: old and new do not compare
-EVAL_CHUNK = 64  # held-out images per forward pass
-DECODE_THREADS = max(1, min(8, (os.cpu_count() or 1) // 2))  # held-out images decoded at once
 
-SELECTION_FILE = "selection.jsonl"  # run-level history: survives deleted checkpoints
-HELDOUT_FILE = "heldout.json"  # the score, next to the checkpoint it scores
 REPORT_PROBE_LR = 1e-2  # linear-probe learning rate for the per-checkpoint probe with --labels
-REPORT_JSON = "report.json"
-REPORT_HTML = "report.html"
+# train.py takes these names from here until it asks rundir for them.
+SELECTION_FILE, REPORT_JSON, REPORT_HTML = rundir.SELECTION, rundir.REPORT_JSON, rundir.REPORT_HTML
 
 # What must match for two held-out scores to compare (lam may differ: it is normalised).
 COMPARABLE_KEYS = (
@@ -112,138 +100,12 @@ def comparison_key(cfg, holdout_count: int, fingerprint: str) -> dict[str, Any]:
     }
 
 
-def holdout_crops(holdout, position: int, cropper) -> dict[str, torch.Tensor]:
-    """The fixed crops of held-out image `position`: its random stream depends on nothing else.
-
-    Decoded as training decodes (possibly reduced to the cropper's `min_source_side`).
-    """
-    from lejepa_cli.data.decode import load_rgb
-
-    rng = np.random.default_rng((HOLDOUT_CROP_SEED, position))
-    img = load_rgb(holdout.abspath(position), min_side=cropper.min_source_side)
-    return cropper(img, rng)  # uint8 {"global_crops": (Vg, 3, G, G), "local_crops": ...}
-
-
 # ----------------------------------------------------------------------------- the score
 
 
 def normalized_score(loss: float, lam: float, alpha: float = ALPHA) -> float:
     """The paper's Eq. 8 ranking value: loss / lam**alpha (lower is better)."""
     return float(loss) / max(float(lam), LAM_FLOOR) ** alpha
-
-
-@dataclass
-class HeldoutResult:
-    loss: float
-    pred: float
-    sigreg: float
-    num_images: int  # images that decoded (unreadable held-out files are left out)
-    skipped: list[tuple[str, str]]  # (relpath, reason) of those left out
-    features: np.ndarray  # (N, F) backbone embeddings of the first global view
-
-
-@contextlib.contextmanager
-def _batch_statistics(model):
-    """Eval mode, except that BatchNorm normalises with each batch's own statistics.
-
-    That is how the training loss is computed. Evaluating with the running statistics instead
-    scores a different function: on real data (ELPV, resnet18) that held-out loss rose while the
-    training loss fell, and it ranked the earliest checkpoint best. The running statistics are
-    restored afterwards, so training is not disturbed.
-    """
-    from torch.nn.modules.batchnorm import _BatchNorm
-
-    saved = {name: buf.clone() for name, buf in model.named_buffers()}
-    model.eval()
-    for module in model.modules():
-        if isinstance(module, _BatchNorm):
-            module.train()
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for name, buf in model.named_buffers():
-                buf.copy_(saved[name])
-
-
-def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> HeldoutResult:
-    """The LeJEPA loss of `model` on the fixed held-out crops, without gradients.
-
-    Dropout and drop-path are off; BatchNorm uses batch statistics as in training (see
-    `_batch_statistics`); the model's mode and buffers are restored afterwards. The loss is
-    computed on the whole holdout at once (N = holdout size) with the fixed directions, on this
-    process alone.
-    """
-    from lejepa_cli.data.decode import DecodeError
-    from lejepa_cli.data.multicrop import MultiCrop, normalize
-    from lejepa_cli.objective import lejepa_loss
-
-    cropper = MultiCrop(multicrop_config(cfg))
-    was_training = model.training
-    captured: list[torch.Tensor] = []
-    # The projector's input is the backbone embedding: capture it instead of a second forward.
-    hook = model.projector.register_forward_pre_hook(
-        lambda _module, args: captured.append(args[0].detach())
-    )
-    global_parts, all_parts, feature_parts, skipped = [], [], [], []
-
-    def load(i: int) -> dict[str, torch.Tensor] | tuple[str, str]:
-        try:
-            return holdout_crops(holdout, i, cropper)
-        except DecodeError as exc:
-            return (holdout.relpath(i), exc.reason)
-
-    # Pillow decodes outside the GIL: a few threads hide most of the decoding. Each image's
-    # crops depend on its position only, so the result does not depend on the threads.
-    pool = ThreadPoolExecutor(max_workers=DECODE_THREADS)
-    try:
-        with _batch_statistics(model), torch.no_grad():
-            # Near-equal chunks: batch statistics need more than one image per chunk.
-            chunks = max(1, math.ceil(len(holdout) / EVAL_CHUNK))
-            bounds = np.linspace(0, len(holdout), chunks + 1).round().astype(int)
-            for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
-                crops = []
-                for got in pool.map(load, range(int(start), int(stop))):
-                    (skipped if isinstance(got, tuple) else crops).append(got)
-                if len(crops) < 2:  # nothing, or one image whose batch statistics are undefined
-                    continue
-                g = torch.stack([c["global_crops"] for c in crops], dim=1)  # (Vg, b, 3, G, G)
-                g = normalize(g.to(device), spec.mean, spec.std)
-                loc = None
-                if int(cfg.local_views) > 0:
-                    loc = torch.stack([c["local_crops"] for c in crops], dim=1)  # (Vl, b, 3, L, L)
-                    loc = normalize(loc.to(device), spec.mean, spec.std)
-                captured.clear()
-                with autocast(device, getattr(cfg, "precision", "auto")):
-                    global_z, all_z = model(g, loc)  # (Vg, b, K), (V, b, K)
-                feats = captured[0].float().view(g.shape[0], g.shape[1], -1)  # (Vg, b, F)
-                global_parts.append(global_z.float())
-                all_parts.append(all_z.float())
-                feature_parts.append(feats[0].cpu())
-    finally:
-        pool.shutdown()
-        hook.remove()
-        model.train(was_training)
-    if not global_parts:
-        raise RuntimeError(f"none of the {len(holdout)} held-out images could be read")
-    global_z = torch.cat(global_parts, dim=1)  # (Vg, N, K)
-    all_z = torch.cat(all_parts, dim=1)  # (V, N, K)
-    out = lejepa_loss(
-        global_z,
-        all_z,
-        lam=float(cfg.lam),
-        step=HELDOUT_DIRECTIONS_STEP,
-        num_slices=HELDOUT_SLICES,
-        sync_ranks=False,  # rank 0 evaluates alone
-    )
-    return HeldoutResult(
-        loss=float(out.loss),
-        pred=float(out.pred),
-        sigreg=float(out.sigreg),
-        num_images=int(global_z.shape[1]),
-        skipped=skipped,
-        features=torch.cat(feature_parts).numpy(),
-    )
 
 
 # ----------------------------------------------------------------------------- labels
@@ -276,7 +138,7 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
     Lines that do not parse (a write cut short by a crash) or whose fields have the wrong
     types (a hand edit) are skipped.
     """
-    path = Path(run_dir) / SELECTION_FILE
+    path = Path(run_dir) / rundir.SELECTION
     latest: dict[str, dict[str, Any]] = {}
     try:
         lines = path.read_text().splitlines()
@@ -303,8 +165,8 @@ def _valid_record(rec: Any) -> bool:
     if not isinstance(rec, dict) or not isinstance(rec.get("checkpoint"), str):
         return False
     fields = [
-        *((rec.get(k), ckpt_io.is_whole_number) for k in _RECORD_WHOLE),
-        *((rec.get(k), ckpt_io.is_number) for k in _RECORD_NUMBERS),
+        *((rec.get(k), is_whole_number) for k in _RECORD_WHOLE),
+        *((rec.get(k), is_number) for k in _RECORD_NUMBERS),
         *((rec.get(k), lambda v: isinstance(v, dict)) for k in _RECORD_MAPPINGS),
         (rec.get("collapsed"), lambda v: isinstance(v, bool)),
         (rec.get("collapse_warning"), lambda v: isinstance(v, str)),
@@ -314,7 +176,7 @@ def _valid_record(rec: Any) -> bool:
 
 
 def _append_history(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / SELECTION_FILE, "a") as f:
+    with open(Path(run_dir) / rundir.SELECTION, "a") as f:
         f.write(json.dumps(record, allow_nan=False, default=_jsonable) + "\n")
         f.flush()
         os.fsync(f.fileno())
@@ -349,12 +211,6 @@ def clean_json(value: Any) -> Any:
 # ----------------------------------------------------------------------------- ranking
 
 
-def _train_loss(meta: dict[str, Any]) -> float | None:
-    train = meta.get("train") if isinstance(meta, dict) else None
-    loss = train.get("loss") if isinstance(train, dict) else None
-    return float(loss) if isinstance(loss, (int, float)) and math.isfinite(loss) else None
-
-
 def rank_checkpoints(run_dir: Path, lam: float) -> list[dict[str, Any]]:
     """Every scored or existing checkpoint of a run, best first, with its rank.
 
@@ -363,51 +219,54 @@ def rank_checkpoints(run_dir: Path, lam: float) -> list[dict[str, Any]]:
     step. Entries carry `exists` (the directory is still on disk).
     """
     run_dir = Path(run_dir)
-    existing = {p.name: p for p in ckpt_io.list_checkpoints(run_dir)}
     entries: dict[str, dict[str, Any]] = {}
     for rec in read_history(run_dir):
         entry = dict(rec)
-        entry["exists"] = rec["checkpoint"] in existing
+        entry["exists"] = False  # until found on disk below
         entry["score_source"] = "heldout" if rec.get("score") is not None else "train"
         entries[rec["checkpoint"]] = entry
-    for name, path in existing.items():
-        problem = ckpt_io.damage(path)
-        if problem is not None:  # damaged: listed with why, never recommended
-            entry = entries.get(name) or {"checkpoint": name, "score_source": "train"}
-            entry["exists"] = False
-            entry["errors"] = [
-                *(entry.get("errors") or []),
-                f"{path} is damaged ({problem}): " + ckpt_io.damaged_checkpoint_fix(path),
-            ]
-            entries[name] = entry
-            continue
-        meta = ckpt_io.read_meta(path)
-        if name in entries and entries[name].get("score") is not None:
-            continue
-        entry = entries.get(name) or {"checkpoint": name}
-        entry.setdefault("step", meta.get("step"))
-        entry.setdefault("epoch", meta.get("epoch"))
-        entry["exists"] = True
-        entry["score_source"] = "train"
-        train_loss = _train_loss(meta)
-        entry["train_loss"] = train_loss
-        entry["score"] = None
-        entry["train_score"] = (
-            normalized_score(train_loss, meta.get("lam", lam)) if train_loss is not None else None
-        )
-        entries[name] = entry
-
-    def key(e: dict[str, Any]):
-        heldout = e["score_source"] == "heldout"
-        value = e.get("score") if heldout else e.get("train_score")
-        tier = (0 if not e.get("collapsed") else 1) if heldout else 2
-        missing = value is None or not math.isfinite(value)
-        return (tier, missing, value if not missing else 0.0, e.get("step") or 0, e["checkpoint"])
-
-    ranked = sorted(entries.values(), key=key)
+    for path in rundir.list_checkpoints(run_dir):
+        entries[path.name] = _on_disk_entry(path, entries.get(path.name), lam)
+    ranked = sorted(entries.values(), key=_rank_key)
     for i, e in enumerate(ranked, 1):
         e["rank"] = i
     return ranked
+
+
+def _on_disk_entry(path: Path, entry: dict[str, Any] | None, lam: float) -> dict[str, Any]:
+    """The ranking entry of a checkpoint on disk: its recorded held-out score when it has one,
+    else its training loss; a damaged one is listed with why and never recommended."""
+    problem = ckpt_io.damage(path)
+    if problem is not None:
+        entry = entry or {"checkpoint": path.name, "score_source": "train"}
+        fix = rundir.damaged_checkpoint_fix(path)
+        entry["exists"] = False
+        entry["errors"] = [*(entry.get("errors") or []), f"{path} is damaged ({problem}): {fix}"]
+        return entry
+    if entry is not None and entry.get("score") is not None:
+        return {**entry, "exists": True}
+    meta = rundir.read_meta(path)
+    entry = entry or {"checkpoint": path.name}
+    entry.setdefault("step", meta.step)
+    entry.setdefault("epoch", meta.epoch)
+    train_loss = meta.train_loss
+    lam_used = meta.lam if meta.lam is not None else lam
+    entry.update(
+        exists=True,
+        score_source="train",
+        train_loss=train_loss,
+        score=None,
+        train_score=normalized_score(train_loss, lam_used) if train_loss is not None else None,
+    )
+    return entry
+
+
+def _rank_key(e: dict[str, Any]):
+    scored = e["score_source"] == "heldout"
+    value = e.get("score") if scored else e.get("train_score")
+    tier = (0 if not e.get("collapsed") else 1) if scored else 2
+    missing = value is None or not math.isfinite(value)
+    return (tier, missing, value if not missing else 0.0, e.get("step") or 0, e["checkpoint"])
 
 
 def recommend(ranked: list[dict[str, Any]]) -> dict[str, Any]:
@@ -574,7 +433,7 @@ def after_checkpoint(
     *,
     strict: bool | None = None,
 ) -> dict[str, Any]:
-    """Score a kept checkpoint, record it, and rewrite report.json and report.html.
+    """Score a kept checkpoint and record it.
 
     Called by rank 0 after every kept checkpoint with the unwrapped model (in train mode, left
     in train mode). Records `ckpt_dir/heldout.json` and a line of `RUN/selection.jsonl` and
@@ -587,23 +446,43 @@ def after_checkpoint(
     run_dir, ckpt_dir = Path(run_dir), Path(ckpt_dir)
     strict = _strict(strict)
     try:
-        meta = ckpt_io.read_meta(ckpt_dir)
+        meta = rundir.read_meta(ckpt_dir)
     except Exception:
         if strict:
             raise
-        meta = {}
-    fingerprint = holdout_fingerprint(holdout)
-    record: dict[str, Any] = {
-        "checkpoint": ckpt_dir.name,
-        "step": meta.get("step"),
-        "epoch": meta.get("epoch"),
+        meta = rundir.CheckpointMeta()
+    record = _new_record(ckpt_dir.name, meta, cfg, holdout)
+    attempt = _Attempts(record, ckpt_dir.name, strict)
+    with _preserve_rng(device):
+        result = None
+        if len(holdout):
+            result = attempt(
+                "held-out score", lambda: evaluate_holdout(model, holdout, cfg, spec, device)
+            )
+        if result is not None:
+            _add_score(record, result, cfg, attempt)
+        if getattr(cfg, "labels", None):
+            record["probe"] = attempt(
+                "label probe", lambda: probe_checkpoint(model, cfg, spec, device)
+            )
+    record = clean_json(record)
+    attempt("recording", lambda: _record(run_dir, ckpt_dir, record))
+    return record
+
+
+def _new_record(name: str, meta: rundir.CheckpointMeta, cfg, holdout) -> dict[str, Any]:
+    """A selection.jsonl record with the checkpoint's identity and no score yet."""
+    return {
+        "checkpoint": name,
+        "step": meta.step,
+        "epoch": meta.epoch,
         "time": time.time(),
         "lam": float(cfg.lam),
         "alpha": ALPHA,
         "arch": cfg.arch,
         "batch_size": int(cfg.batch_size),
-        "comparison": comparison_key(cfg, len(holdout), fingerprint),
-        "train": meta.get("train"),
+        "comparison": comparison_key(cfg, len(holdout), holdout_fingerprint(holdout)),
+        "train": meta.train,
         "loss": None,
         "pred": None,
         "sigreg": None,
@@ -616,52 +495,48 @@ def after_checkpoint(
         "errors": [],
     }
 
-    def attempt(what: str, fn) -> Any:
+
+class _Attempts:
+    """Run one step of scoring: its failure is logged and kept in the record's `errors`
+    (None is returned), or raised when strict."""
+
+    def __init__(self, record: dict[str, Any], name: str, strict: bool):
+        self.record, self.name, self.strict = record, name, strict
+
+    def __call__(self, what: str, fn) -> Any:
         try:
             return fn()
         except Exception as exc:
-            if strict:
+            if self.strict:
                 raise
-            log.warning("model selection: %s failed for %s: %s", what, ckpt_dir.name, exc)
-            record["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
+            log.warning("model selection: %s failed for %s: %s", what, self.name, exc)
+            self.record["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
             return None
 
-    with _preserve_rng(device):
-        result = None
-        if len(holdout):
-            result = attempt(
-                "held-out score", lambda: evaluate_holdout(model, holdout, cfg, spec, device)
-            )
-        summary = None
-        if result is not None:
-            record.update(
-                loss=result.loss,
-                pred=result.pred,
-                sigreg=result.sigreg,
-                score=normalized_score(result.loss, cfg.lam),
-                heldout_images=result.num_images,
-                heldout_skipped=result.skipped,
-            )
-            summary = attempt("diagnostics", lambda: diagnostics.summarize(result.features))
-        if summary is not None:
-            record.update(
-                effective_rank=summary["effective_rank"],
-                collapsed=summary["collapsed"],
-                collapse_warning="; ".join(summary["warnings"]) or None,
-                diagnostics=summary,
-            )
-        if getattr(cfg, "labels", None):
-            record["probe"] = attempt(
-                "label probe", lambda: probe_checkpoint(model, cfg, spec, device)
-            )
-    record = clean_json(record)
-    attempt("recording", lambda: _record(run_dir, ckpt_dir, record))
-    return record
+
+def _add_score(record: dict[str, Any], result: HoldoutResult, cfg, attempt: _Attempts) -> None:
+    """The held-out loss, its Eq. 8 score and the embedding diagnostics, into `record`."""
+    record.update(
+        loss=result.loss,
+        pred=result.pred,
+        sigreg=result.sigreg,
+        score=normalized_score(result.loss, cfg.lam),
+        heldout_images=result.num_images,
+        heldout_skipped=result.skipped,
+    )
+    summary = attempt("diagnostics", lambda: diagnostics.summarize(result.features))
+    if summary is not None:
+        record.update(
+            effective_rank=summary["effective_rank"],
+            collapsed=summary["collapsed"],
+            collapse_warning="; ".join(summary["warnings"]) or None,
+            diagnostics=summary,
+        )
 
 
 def _record(run_dir: Path, ckpt_dir: Path, record: dict[str, Any]) -> None:
     if ckpt_dir.is_dir():
-        ckpt_io.write_json_atomic(ckpt_dir / HELDOUT_FILE, record)
+        atomic.write_json_atomic(ckpt_dir / rundir.HOLDOUT_SCORE, record)
     _append_history(run_dir, record)
 
 
@@ -679,7 +554,7 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
     from lejepa_cli.model import LeJEPAModel, build_backbone, data_spec
 
     run_dir = Path(run_dir)
-    cfg = config.read_saved(run_dir / "config.yaml")
+    cfg = rundir.read_config(run_dir)
     if config.AUTO in (cfg.global_size, cfg.local_size):
         raise RunDirError(
             f"{run_dir}/config.yaml has unresolved crop sizes (auto); score a run written by "
@@ -694,7 +569,7 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
     model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
     spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct)
     records = []
-    for ckpt in ckpt_io.list_checkpoints(run_dir):
+    for ckpt in rundir.list_checkpoints(run_dir):
         model.load_state_dict(ckpt_io.load_weights(ckpt), strict=True)
         model.train()
         records.append(

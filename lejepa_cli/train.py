@@ -21,10 +21,8 @@ Multi-GPU (torchrun): see `training.step` for how the loss and its gradients sta
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,16 +30,13 @@ from typing import Any
 
 import torch
 
-from lejepa_cli import checkpoint, config, devices, distributed
+from lejepa_cli import checkpoint, config, devices, distributed, rundir
 from lejepa_cli.config import PretrainConfig
 from lejepa_cli.data import record as folder_record
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import Interrupted, RunDirError, UsageError, require_utf8_path
 from lejepa_cli.model import LeJEPAModel, check_arch
 from lejepa_cli.runlock import RunLock
-from lejepa_cli.selection import REPORT_HTML, REPORT_JSON, SELECTION_FILE
-from lejepa_cli.trackers import RUN_FILES as TRACKER_FILES
-from lejepa_cli.trackers import RUN_FOLDERS as TRACKER_FOLDERS
 from lejepa_cli.trackers import build_trackers
 from lejepa_cli.training.build import Parts, build_model
 from lejepa_cli.training.callbacks import Callback, Callbacks, RunContext
@@ -55,11 +50,6 @@ from lejepa_cli.training.restore import restore
 from lejepa_cli.training.scoring import HoldoutScorer
 from lejepa_cli.training.step import TrainStep
 from lejepa_cli.training.stop import Guarded, StopFlag
-
-METRICS = "metrics.jsonl"
-SKIPPED = "skipped.txt"
-LOG = "train.log"
-CONFIG = "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -90,39 +80,6 @@ class Request:
 # ----------------------------------------------------------------------------- run directory
 
 
-IMAGES_RECORD = "images.npy"  # what the run saw of its image folder (data.record)
-# Every file a run writes at its top level; --overwrite removes these and nothing else.
-# The trackers' files go too: a new run must not continue the old tracker runs.
-_OWN_FILES = (
-    *TRACKER_FILES,
-    CONFIG,
-    METRICS,
-    LOG,
-    SKIPPED,
-    IMAGES_RECORD,
-    SELECTION_FILE,
-    REPORT_JSON,
-    REPORT_HTML,
-)
-
-
-def _is_run_dir(path: Path) -> bool:
-    """Whether a folder holds a lejepa run: a config.yaml this tool reads, or a checkpoint
-    folder it wrote (a folder of the user's with a config.yaml of its own is not a run)."""
-    if (
-        checkpoint.list_checkpoints(path)
-        or (path / checkpoint.CHECKPOINTS / checkpoint.LAST).is_file()
-    ):
-        return True
-    if not (path / CONFIG).is_file():
-        return False
-    try:
-        config.read_saved(path / CONFIG)
-    except Exception:
-        return False
-    return True
-
-
 def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     """Apply the no-clobber policy. Called on every rank before anyone writes."""
     if resume and overwrite:
@@ -131,7 +88,7 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise RunDirError(f"--out {out} is a file; choose a directory for the run")
     if resume:
-        if not exists or checkpoint.last(out) is None:
+        if not exists or rundir.last(out) is None:
             raise RunDirError(
                 f"nothing to resume in {out}: it has no checkpoint; start it without --resume "
                 "(add --overwrite if the directory is not empty)"
@@ -139,12 +96,12 @@ def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> None:
         return
     if not exists:
         return
-    if overwrite and not _is_run_dir(out):
+    if overwrite and not rundir.is_run_dir(out):
         raise RunDirError(
             f"{out} is not empty and does not look like a lejepa run (no config.yaml or "
             "checkpoint written by lejepa pretrain); refusing to overwrite it, choose another --out"
         )
-    if not overwrite and _is_run_dir(out) and checkpoint.last(out) is None:
+    if not overwrite and rundir.is_run_dir(out) and rundir.last(out) is None:
         raise RunDirError(
             f"run directory {out} holds a run that stopped before its first checkpoint; pass "
             "--overwrite to start over"
@@ -169,41 +126,6 @@ def _refuse_inputs_inside(out: Path, inputs: dict[str, Any]) -> None:
                 f"{flag} {value} is inside --out {out}, which --overwrite would empty; "
                 "move it out of the run directory or choose another --out"
             )
-
-
-def _clear_run_dir(out: Path) -> None:
-    """Remove what an earlier run wrote into `out`, and nothing else: the user's own files
-    (notes, analyses, their own checkpoints) stay."""
-    for name in _OWN_FILES:
-        (out / name).unlink(missing_ok=True)
-    for p in out.glob(".*.tmp*"):  # temporary files of interrupted atomic writes
-        if not p.is_dir():
-            p.unlink(missing_ok=True)
-    for name in TRACKER_FOLDERS:  # written by --log-to: the tool's own, removed whole
-        if (out / name).is_dir() and not (out / name).is_symlink():
-            shutil.rmtree(out / name)
-    root = out / checkpoint.CHECKPOINTS
-    if root.is_dir() and not root.is_symlink():
-        for p in root.iterdir():
-            ours = checkpoint.is_own_name(p.name)
-            if ours and p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p)
-            elif ours:
-                p.unlink()
-        _rmdir_if_empty(root)
-    probe = out / "probe"  # `lejepa probe RUN`'s results, made with the old weights
-    if probe.is_dir() and not probe.is_symlink():
-        for name in ("probe.json", "confusion.png"):
-            (probe / name).unlink(missing_ok=True)
-        for p in (probe / "cache").glob("features-*.npz"):
-            p.unlink()
-        _rmdir_if_empty(probe / "cache")
-        _rmdir_if_empty(probe)
-
-
-def _rmdir_if_empty(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.rmdir()
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -231,7 +153,7 @@ def resolve_config(
         return config.build(overrides), []
     _check_resumable(out_path)
     # --max-steps applies to one invocation: a resume runs on unless it is given again.
-    saved = config.read_saved(out_path / CONFIG).replace(max_steps=None)
+    saved = config.read_saved(out_path / rundir.CONFIG).replace(max_steps=None)
     cfg = config.build(overrides, base=saved)
     changes = config.diff(saved, cfg)
     if changes and not force:
@@ -245,24 +167,24 @@ def resolve_config(
 
 def _check_resumable(out_path: Path) -> None:
     """A run to resume has its config.yaml and at least one checkpoint."""
-    if not (out_path / CONFIG).is_file():
-        newest = checkpoint.last(out_path)
+    if not (out_path / rundir.CONFIG).is_file():
+        newest = rundir.last(out_path)
         if newest is None:
             raise RunDirError(
                 f"nothing to resume in {out_path}: it is not a run; start a run there without "
                 "--resume"
             )
-        copy = newest / CONFIG
+        copy = newest / rundir.CONFIG
         fix = (
-            f"copy {copy} back to {out_path / CONFIG}"
+            f"copy {copy} back to {out_path / rundir.CONFIG}"
             if copy.is_file()
-            else f"put the run's {CONFIG} back (from a backup or another copy of the run)"
+            else f"put the run's {rundir.CONFIG} back (from a backup or another copy of the run)"
         )
         raise RunDirError(
-            f"{out_path} has checkpoints (newest {newest.name}) but no {CONFIG}, so its "
+            f"{out_path} has checkpoints (newest {newest.name}) but no {rundir.CONFIG}, so its "
             f"settings are unknown: {fix}, then resume (--overwrite would delete the checkpoints)"
         )
-    if checkpoint.last(out_path) is None:
+    if rundir.last(out_path) is None:
         raise RunDirError(
             f"nothing to resume in {out_path}: the run stopped before its first checkpoint; "
             "start it again with --overwrite (without --resume)"
@@ -299,7 +221,7 @@ def plan_run(
 
 def _folder_change(cfg: PretrainConfig, image_keys, force: bool):
     """How the image folder changed since the run started (None: not, or not recorded)."""
-    recorded = folder_record.load(Path(cfg.out) / IMAGES_RECORD)
+    recorded = folder_record.load(Path(cfg.out) / rundir.IMAGES_RECORD)
     if recorded is None:
         return None
     change = folder_record.compare(recorded, image_keys) or None
@@ -317,7 +239,7 @@ def restore_run(
     plan: RunPlan, model: LeJEPAModel, optimizer: torch.optim.Optimizer, device: torch.device
 ) -> Position:
     """Load the newest checkpoint; the position the run continues from."""
-    ckpt = checkpoint.last(Path(plan.cfg.out))
+    ckpt = rundir.last(Path(plan.cfg.out))
     step = restore(ckpt, model, optimizer, device, plan.cfg.arch)
     return resume_position(
         checkpoint.read_meta(ckpt),
@@ -337,11 +259,15 @@ def commit_run_dir(plan: RunPlan, request: Request, lock: RunLock, dist: DistInf
         run_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire()
         if request.overwrite:
-            _clear_run_dir(run_dir)
+            rundir.clear_run(run_dir)
         checkpoint.clean_partial(run_dir)
-        config.save_yaml(plan.cfg, run_dir / CONFIG)
-        if not request.resume or plan.folder_change or not (run_dir / IMAGES_RECORD).is_file():
-            folder_record.save(run_dir / IMAGES_RECORD, plan.image_keys)
+        config.save_yaml(plan.cfg, run_dir / rundir.CONFIG)
+        if (
+            not request.resume
+            or plan.folder_change
+            or not (run_dir / rundir.IMAGES_RECORD).is_file()
+        ):
+            folder_record.save(run_dir / rundir.IMAGES_RECORD, plan.image_keys)
     distributed.barrier()
 
 
@@ -365,13 +291,13 @@ class _Session:
         """The run's records and the callbacks, in the order each event reaches them; returns
         (keeper, scorer, skipped record)."""
         run_dir, main = Path(plan.cfg.out), parts.dist.is_main
-        self.log = TrainLog(run_dir / LOG, main)
-        metrics = MetricsFile(run_dir / METRICS, main, pos.step if request.resume else None)
+        self.log = TrainLog(run_dir / rundir.LOG, main)
+        metrics = MetricsFile(run_dir / rundir.METRICS, main, pos.step if request.resume else None)
         self.files = [metrics, self.log]
-        skipped = SkippedRecord(run_dir / SKIPPED, main)
+        skipped = SkippedRecord(run_dir / rundir.SKIPPED, main)
         scorer = HoldoutScorer(plan, parts, skipped, self.events, self.log.log)
         keeper = CheckpointKeeper(
-            plan, pos, parts, skipped, self.events, run_dir / CONFIG, request.checkpoint_hook
+            plan, pos, parts, skipped, self.events, run_dir / rundir.CONFIG, request.checkpoint_hook
         )
         self.events.add(self.log, metrics, *self.user, *self.trackers, scorer, keeper)
         return keeper, scorer, skipped

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from lejepa_cli import __version__, checkpoint
+from lejepa_cli import __version__, checkpoint, rundir
 from lejepa_cli.config import PretrainConfig, save_yaml
 from lejepa_cli.model import LeJEPAModel, build_backbone, data_spec
 
@@ -64,7 +64,7 @@ def make_run(
         step = epoch * steps_per_epoch
         pred, sigreg = 1.0 / (epoch + 1), 2.0 / (epoch + 1)
         meta = {
-            "name": checkpoint.epoch_name(epoch),
+            "name": rundir.epoch_name(epoch),
             "epoch": epoch,
             "step": step,
             "arch": arch,
@@ -85,7 +85,5 @@ def make_run(
             "version": __version__,
         }
         train_state = {"step": torch.tensor(step), "epoch": torch.tensor(epoch)}
-        checkpoint.save(
-            run_dir, checkpoint.epoch_name(epoch), model.state_dict(), train_state, meta
-        )
+        checkpoint.save(run_dir, rundir.epoch_name(epoch), model.state_dict(), train_state, meta)
     return run_dir

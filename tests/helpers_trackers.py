@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lejepa_cli.report import METRICS_FILE
-from lejepa_cli.selection import SELECTION_FILE
+from lejepa_cli.rundir import METRICS as METRICS_FILE
+from lejepa_cli.rundir import SELECTION as SELECTION_FILE
 from lejepa_cli.trackers import build_trackers
 from lejepa_cli.trackers.base import read_state, score_metrics, train_metrics
 from lejepa_cli.training.callbacks import CheckpointInfo, RunContext

@@ -14,9 +14,10 @@ from PIL import Image
 
 from lejepa_cli import config
 from lejepa_cli.cli import main
+from lejepa_cli.data.holdout import multicrop_config
 from lejepa_cli.data.multicrop import MultiCrop, MultiCropConfig
 from lejepa_cli.errors import UsageError
-from lejepa_cli.selection import compare_keys, comparison_key, multicrop_config
+from lejepa_cli.selection import compare_keys, comparison_key
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY, make_images  # noqa: E402

@@ -9,8 +9,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from zoo import bad, build_zoo
 
-from lejepa_cli.data.dataset import EvalDataset, MultiCropDataset, collate_multicrop
-from lejepa_cli.data.multicrop import EvalTransform, MultiCrop, MultiCropConfig
+from lejepa_cli.data.dataset import MultiCropDataset, collate_multicrop
+from lejepa_cli.data.multicrop import MultiCrop, MultiCropConfig
 from lejepa_cli.data.scan import scan_folder
 from lejepa_cli.errors import UnreadableDataError
 
@@ -130,17 +130,23 @@ def test_a_folder_of_bad_files_is_a_data_error(tmp_path):
         ds[0]
 
 
-def test_eval_dataset_marks_unreadable_files(zoo):
+def test_the_eval_view_marks_unreadable_files(zoo):
+    """What embed and probe read: one eval view per image, or why the file cannot be used."""
+    from lejepa_cli.features import _Images, eval_transform
+    from lejepa_cli.model import DataSpec
+
     root, expected = zoo
     index = scan_folder(root)
-    ds = EvalDataset(index, EvalTransform(24))
+    spec = DataSpec(24, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 0.875)
+    paths = [index.abspath(i) for i in range(len(index))]
+    ds = _Images(paths, eval_transform(spec), spec)
     for i in range(len(index)):
-        image, ok, j = ds[i]
-        assert j == i and image.shape == (3, 24, 24) and image.dtype == torch.uint8
+        image, ok, reason = ds[i]
         assert ok == (expected[index.relpath(i)].status == "ok")
-        if not ok:
-            assert image.max() == 0
-            assert expected[index.relpath(i)].reason in ds.failure_reason(i)
+        if ok:
+            assert image.shape == (3, 24, 24) and image.dtype == torch.float32 and not reason
+        else:
+            assert image is None and expected[index.relpath(i)].reason in reason
 
 
 class _FailsOnWideImages(MultiCrop):
@@ -167,13 +173,3 @@ def test_a_transform_failure_is_a_skipped_file_not_a_crash(tmp_path):
     assert reason == (
         "could not cut views from the decoded image (ValueError: cannot cut this one)"
     )
-
-    def eval_view(img):
-        if img.width > img.height:
-            raise ValueError("cannot cut\nthis one")
-        return EvalTransform(24)(img)
-
-    evaluated = EvalDataset(index, eval_view)
-    image, ok, _ = evaluated[wide]
-    assert not ok and not image.any()
-    assert "ValueError: cannot cut this one" in evaluated.failure_reason(wide)

@@ -10,9 +10,9 @@ from PIL import Image
 from zoo import bad, build_zoo, scanned
 
 from lejepa_cli.cli.base import main
-from lejepa_cli.cli.inspect import _kind_of
 from lejepa_cli.data.folder_stats import inspect_folder
 from lejepa_cli.errors import UsageError
+from lejepa_cli.rundir import kind_of
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_folder_without_images_is_a_usage_error(tmp_path, capsys):
     assert code == 2 and "no images found" in err
 
 
-def test_kind_of(tmp_path):
+def testkind_of(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints" / "step_10").mkdir(parents=True)
     (run / "config.yaml").write_text("arch: resnet18\n")
@@ -94,15 +94,15 @@ def test_kind_of(tmp_path):
     (export / "config.json").write_text("{}")
     (tmp_path / "weights.safetensors").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
-    assert _kind_of(run) == "run"
-    assert _kind_of(ckpt) == "checkpoint"
-    assert _kind_of(tmp_path / "weights.safetensors") == "checkpoint"
-    assert _kind_of(export) == "export"
-    assert _kind_of(tmp_path) == "folder"
+    assert kind_of(run) == "run"
+    assert kind_of(ckpt) == "checkpoint"
+    assert kind_of(tmp_path / "weights.safetensors") == "weights"
+    assert kind_of(export) == "export"
+    assert kind_of(tmp_path) == "folder"
     with pytest.raises(UsageError, match="is a file"):
-        _kind_of(tmp_path / "notes.txt")
+        kind_of(tmp_path / "notes.txt")
     with pytest.raises(UsageError, match="no such file or folder"):
-        _kind_of(tmp_path / "missing")
+        kind_of(tmp_path / "missing")
 
 
 def test_mixing_folders_and_runs_is_refused(zoo, tmp_path, capsys):

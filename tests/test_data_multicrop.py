@@ -9,7 +9,6 @@ from PIL import Image
 
 from lejepa_cli.data.multicrop import (
     _GREY,
-    EvalTransform,
     MultiCrop,
     MultiCropConfig,
     _hue_matrix,
@@ -280,13 +279,3 @@ def test_normalize_on_the_batch():
     assert out.dtype == torch.float32 and out.shape == (2, 3, 1, 2)
     assert out[0, :, 0, 0].tolist() == pytest.approx([-2.0, -1.0, -0.5])
     assert out[1, :, 0, 1].tolist() == pytest.approx([2.0, 1.0, 0.5])
-
-
-def test_eval_transform_centre_crop():
-    img = Image.new("RGB", (100, 50), (0, 0, 0))
-    img.paste((255, 255, 255), (25, 0, 75, 50))  # white centre square
-    out = EvalTransform(32)(img)
-    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
-    assert out.float().mean() > 250
-    out = EvalTransform(32, crop_pct=0.5)(Image.new("RGB", (64, 64), (10, 20, 30)))
-    assert out[:, 0, 0].tolist() == [10, 20, 30]

@@ -311,7 +311,7 @@ def test_one_pass_gives_the_same_neighbours_and_pairs():
 
 
 def test_crowded_duplicates_suggest_a_higher_threshold():
-    from lejepa_cli.explore.build import crowded_note
+    from lejepa_cli.explore.sections import crowded_note
 
     sims = np.linspace(1.0, 0.9, 12, dtype=np.float32)
     assert crowded_note(10, 10, sims[:10]) is None

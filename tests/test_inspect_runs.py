@@ -11,10 +11,11 @@ from helpers_runs import make_run
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from lejepa_cli import checkpoint, selection
+from lejepa_cli import rundir, selection
 from lejepa_cli.cli.base import main
 from lejepa_cli.errors import UsageError
-from lejepa_cli.inspect_artifacts import inspect_paths, sparkline
+from lejepa_cli.inspect_artifacts import inspect_paths
+from lejepa_cli.inspect_render import sparkline
 from lejepa_cli.report import write_report
 
 
@@ -28,7 +29,7 @@ def write_images(folder: Path, count: int = 32) -> None:
 
 def collapse_checkpoints(run: Path) -> None:
     """Rewrite every checkpoint of a run so that its model outputs a constant."""
-    for ckpt in checkpoint.list_checkpoints(run):
+    for ckpt in rundir.list_checkpoints(run):
         weights = load_file(str(ckpt / "model.safetensors"))
         first_conv = next(
             k for k, v in weights.items() if k.startswith("backbone.") and v.dim() == 4
@@ -81,7 +82,7 @@ def runs(tmp_path_factory):
 def test_inspect_run(runs, capsys):
     code, out, err = run_cli(capsys, str(runs["good"]))
     assert code == 0, err
-    best = checkpoint.resolve(runs["good"], "best").name
+    best = rundir.resolve_checkpoint(runs["good"], "best").name
     assert "test_resnet" in out and "lam 0.05" in out
     assert "step 8 of 8" in out and "epoch 2 of 2" in out and "128 images seen" in out
     assert "epoch-0001" in out and "epoch-0002" in out
@@ -93,7 +94,7 @@ def test_inspect_two_runs_recommends_the_healthy_one(runs, capsys):
     code, out, err = run_cli(capsys, str(runs["bad"]), str(runs["good"]))
     assert code == 0, err
     assert "runs side by side" in out
-    best = checkpoint.resolve(runs["good"], "best").name
+    best = rundir.resolve_checkpoint(runs["good"], "best").name
     assert f"recommended: good at {best}" in out
     assert "collapsed" in out
     assert "do not compare" not in out  # same folder, same crops: a meaningful comparison
@@ -120,7 +121,7 @@ def test_inspect_runs_that_do_not_compare_warns(runs, capsys):
 
 
 def test_inspect_checkpoint_and_weights_file(runs, capsys):
-    ckpt = checkpoint.resolve(runs["good"], "best")
+    ckpt = rundir.resolve_checkpoint(runs["good"], "best")
     code, out, err = run_cli(capsys, str(ckpt))
     assert code == 0, err
     assert "checkpoint" in out and "test_resnet" in out
@@ -146,7 +147,7 @@ def test_inspect_export(runs, capsys, tmp_path):
     from lejepa_cli.export import export as export_run
 
     export = export_run(runs["good"], tmp_path / "export")  # the best checkpoint by default
-    best = checkpoint.resolve(runs["good"], "best").name
+    best = rundir.resolve_checkpoint(runs["good"], "best").name
     code, out, err = run_cli(capsys, str(export))
     assert code == 0, err
     assert "export" in out and "test_resnet" in out and "372,688" in out

@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 from test_train import TINY, losses, make_images, run_cli
 
-from lejepa_cli import checkpoint, config
+from lejepa_cli import checkpoint, config, rundir
 from lejepa_cli.cli import main
 from lejepa_cli.training.optim import lr_at
 
@@ -78,7 +78,7 @@ def test_diverging_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     # checkpoint's weights, but its update blows them up and step 4's loss is not finite.
     args = ["--epochs", "2", "--max-steps", str(STEPS_PER_EPOCH), "--keep-every", "2", *TINY]
     assert run_cli("pretrain", str(images), "--out", str(run), *args) == 0
-    good = checkpoint.load_weights(checkpoint.last(run))
+    good = checkpoint.load_weights(rundir.last(run))
     capsys.readouterr()
 
     code = run_cli("pretrain", "--resume", "--out", str(run), "--lr", "1e30", "--force", "-q")
@@ -95,8 +95,8 @@ def test_diverging_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     assert sorted(losses(run)) == [1, 2, 3]
     assert all(math.isfinite(v) for v in losses(run).values())
     # The last good checkpoint is untouched, still the newest, and loads.
-    assert checkpoint.last(run) == ckpt_dir
-    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["epoch-0001"]
+    assert rundir.last(run) == ckpt_dir
+    assert [p.name for p in rundir.list_checkpoints(run)] == ["epoch-0001"]
     weights = checkpoint.load_weights(ckpt_dir)
     assert weights.keys() == good.keys()
     for key, tensor in weights.items():
@@ -117,7 +117,7 @@ def test_divergence_before_any_checkpoint_says_so(images, tmp_path, capsys):
     assert re.search(r"loss became (nan|inf|-inf) at step 2\b", line), line
     assert "last good checkpoint is none" in line
     assert sorted(losses(run)) == [1]
-    assert checkpoint.last(run) is None
+    assert rundir.last(run) is None
 
 
 def test_an_update_that_blows_up_at_an_epoch_end_is_scored_and_named(images, tmp_path, capsys):
@@ -186,7 +186,7 @@ def test_config_file_keys_are_used_and_flags_win(images, tmp_path, capsys):
     assert metric_rows(run)[0]["lr"] == pytest.approx(
         lr_at(0, 3 * STEPS_PER_EPOCH, round(0.3 * STEPS_PER_EPOCH), 0.001, 0.01)
     )
-    assert checkpoint.read_meta(checkpoint.last(run))["global_size"] == 32
+    assert rundir.read_meta(rundir.last(run)).global_size == 32
 
 
 @pytest.mark.parametrize(
@@ -215,7 +215,7 @@ def test_overwrite_replaces_a_run_and_is_required_to_reuse_its_directory(images,
     first = ["--epochs", "2", "--max-steps", "1", "--seed", "0", *TINY]
     assert run_cli("pretrain", str(images), "--out", str(run), *first) == 0
     (run / "notes.txt").write_text("left by the user")
-    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["step-0000001"]
+    assert [p.name for p in rundir.list_checkpoints(run)] == ["step-0000001"]
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     capsys.readouterr()
 
@@ -229,11 +229,11 @@ def test_overwrite_replaces_a_run_and_is_required_to_reuse_its_directory(images,
     # With --overwrite: the old run's files are gone, the user's note stays.
     assert run_cli("pretrain", str(images), "--out", str(run), *second, "--overwrite") == 0
     assert (run / "notes.txt").read_text() == "left by the user"
-    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["epoch-0001"]
+    assert [p.name for p in rundir.list_checkpoints(run)] == ["epoch-0001"]
     assert sorted(losses(run)) == [1, 2]
     saved = config.read_saved(run / "config.yaml")
     assert saved.seed == 5 and saved.epochs == 1
-    assert checkpoint.read_meta(checkpoint.last(run))["step"] == STEPS_PER_EPOCH
+    assert rundir.read_meta(rundir.last(run)).step == STEPS_PER_EPOCH
     selection = [json.loads(x) for x in (run / "selection.jsonl").read_text().splitlines()]
     assert [r["checkpoint"] for r in selection] == ["epoch-0001"]
     log = (run / "train.log").read_text()
@@ -259,9 +259,9 @@ def test_keep_every_prunes_to_the_grid_plus_the_newest(shared_run):
     # grid (epoch % 2 == 0): epoch 1 is dropped, 2 is kept, 3 is the newest.
     names = {p.name for p in (run / "checkpoints").iterdir()}
     assert names == {"epoch-0002", "epoch-0003", "last.json"}
-    assert checkpoint.last(run).name == "epoch-0003"
+    assert rundir.last(run).name == "epoch-0003"
     for name, epoch in (("epoch-0002", 2), ("epoch-0003", 3)):
-        meta = checkpoint.read_meta(run / "checkpoints" / name)
+        meta = rundir.read_meta(run / "checkpoints" / name).raw
         assert meta["epoch"] == epoch and meta["step"] == epoch * STEPS_PER_EPOCH
         assert checkpoint.load_weights(run / "checkpoints" / name)
         assert (run / "checkpoints" / name / "heldout.json").is_file()

@@ -15,7 +15,7 @@ import pytest
 from helpers_runs import make_run
 from PIL import Image
 
-from lejepa_cli import checkpoint, report, selection
+from lejepa_cli import curves, report, rundir, selection
 from lejepa_cli.report import write_report
 
 NUMBER = (int, float)
@@ -143,7 +143,7 @@ def test_report_files_exist_validate_and_agree_with_best(scored_run):
     assert scores == sorted(scores)
     best = data["recommended"]["checkpoint"]
     assert best == data["checkpoints"][0]["checkpoint"]
-    assert checkpoint.resolve(scored_run, "best").name == best
+    assert rundir.resolve_checkpoint(scored_run, "best").name == best
     assert data["progress"]["step"] == 12 and data["progress"]["total_steps"] == 12
     assert data["progress"]["finished"] is True
     assert data["progress"]["last"]["loss"] == pytest.approx(2.0 / 12)
@@ -187,7 +187,7 @@ def test_report_without_checkpoints_or_scores(tmp_path):
     assert data["recommended"]["checkpoint"] == "epoch-0002"
     assert data["recommended"]["score_source"] == "train"
     assert all(e["score_source"] == "train" for e in data["checkpoints"])
-    assert checkpoint.resolve(run2, "best").name == "epoch-0002"
+    assert rundir.resolve_checkpoint(run2, "best").name == "epoch-0002"
 
 
 def test_metrics_reading_and_downsampling(tmp_path):
@@ -197,11 +197,11 @@ def test_metrics_reading_and_downsampling(tmp_path):
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"step": 3, "loss": 9.0}\n')  # a resumed run logs step 3 again: last wins
         f.write("{not json\n")
-    rows = report.read_metrics(run)
+    rows = curves.read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert rows[2]["loss"] == 9.0
-    xs, ys = report.downsample(list(range(10_000)), [float(i % 2) for i in range(10_000)], 100)
+    xs, ys = curves.downsample(list(range(10_000)), [float(i % 2) for i in range(10_000)], 100)
     assert len(xs) == 100 and all(y == pytest.approx(0.5) for y in ys)
-    assert report.downsample([1, 2], [3.0, 4.0], 100) == ([1, 2], [3.0, 4.0])
-    xs, ys = report.series([{"step": 1, "loss": math.nan}, {"step": 2, "loss": 1.0}], "loss")
+    assert curves.downsample([1, 2], [3.0, 4.0], 100) == ([1, 2], [3.0, 4.0])
+    xs, ys = curves.series([{"step": 1, "loss": math.nan}, {"step": 2, "loss": 1.0}], "loss")
     assert xs == [2.0] and ys == [1.0]

@@ -26,7 +26,7 @@ from helpers_runs import make_run  # noqa: E402
 from test_run_safety import _cli, _one_line  # noqa: E402
 from test_train import TINY, make_images  # noqa: E402
 
-from lejepa_cli import checkpoint  # noqa: E402
+from lejepa_cli import rundir  # noqa: E402
 from lejepa_cli.cli import main  # noqa: E402
 
 LOUD = [a for a in TINY if a != "--quiet"]  # progress lines on stdout
@@ -92,7 +92,7 @@ def test_overwrite_removes_only_the_files_the_run_wrote(images, tmp_path, capsys
     assert (run / "notes.txt").read_text() == "mine\n"
     assert (run / "analysis" / "plot.py").read_text() == "print(1)\n"
     assert (run / "checkpoints" / "mine.pt").read_bytes() == b"my weights"
-    assert [p.name for p in checkpoint.list_checkpoints(run)] == ["epoch-0001"]
+    assert [p.name for p in rundir.list_checkpoints(run)] == ["epoch-0001"]
     assert [r["step"] for r in _rows(run)] == [1, 2]  # the old run's line is gone
     assert (run / "train.log").read_text().count("pretraining test_resnet") == 1
 
@@ -127,7 +127,7 @@ def test_a_second_process_on_a_busy_run_is_refused_naming_the_holder(images, tmp
         text=True,
     )
     try:
-        _wait_for(lambda: checkpoint.last(run) is not None and _has_metrics(run, 3))
+        _wait_for(lambda: rundir.last(run) is not None and _has_metrics(run, 3))
         second = [
             subprocess.run(
                 [*LEJEPA, "pretrain", *args, "--out", str(run), "--max-steps", "1", *TINY],
@@ -158,11 +158,11 @@ def test_a_lock_left_by_a_killed_process_does_not_block_a_resume(images, tmp_pat
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(lambda: checkpoint.last(run) is not None)
+        _wait_for(lambda: rundir.last(run) is not None)
     finally:
         first.kill()
         first.wait(timeout=60)
-    step = checkpoint.read_meta(checkpoint.last(run))["step"]
+    step = rundir.read_meta(rundir.last(run)).step
     proc = subprocess.run(
         [*LEJEPA, "pretrain", "--resume", "--out", str(run), "--max-steps", str(step + 1), "-q"],
         capture_output=True,
@@ -233,7 +233,7 @@ def test_a_forced_resume_with_another_batch_size_continues_at_the_next_epoch(
     assert code == 0, err
     # 20 training images at 16 a step: one step for each of epochs 2 and 3.
     assert [r["epoch"] for r in _rows(run)[done:]] == [2, 3]
-    meta = checkpoint.read_meta(checkpoint.last(run))
+    meta = rundir.read_meta(rundir.last(run)).raw
     assert meta["epoch"] == 3 and meta["images_seen"] == 2 * 8 + 2 * 16
 
 
@@ -255,8 +255,8 @@ def test_a_closed_stdout_checkpoints_and_says_why(images, tmp_path):
     proc.wait(timeout=120)
     assert proc.returncode == 128 + signal.SIGPIPE, err
     assert "Traceback" not in err and "resume" in err.lower()
-    ckpt = checkpoint.last(run)
-    assert ckpt is not None and checkpoint.read_meta(ckpt)["step"] == _rows(run)[-1]["step"]
+    ckpt = rundir.last(run)
+    assert ckpt is not None and rundir.read_meta(ckpt).step == _rows(run)[-1]["step"]
     assert "stdout" in (run / "train.log").read_text()
 
 
@@ -272,8 +272,8 @@ def test_a_hangup_checkpoints_like_sigterm(images, tmp_path):
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGHUP, err
-    ckpt = checkpoint.last(run)
-    assert ckpt is not None and checkpoint.read_meta(ckpt)["step"] == _rows(run)[-1]["step"]
+    ckpt = rundir.last(run)
+    assert ckpt is not None and rundir.read_meta(ckpt).step == _rows(run)[-1]["step"]
     assert "SIGHUP" in (run / "train.log").read_text()
 
 

@@ -13,7 +13,8 @@ import torch
 from helpers_runs import make_run
 from PIL import Image
 
-from lejepa_cli import checkpoint, config, diagnostics, selection
+from lejepa_cli import checkpoint, config, diagnostics, holdout_score, rundir, selection
+from lejepa_cli.data.holdout import holdout_fingerprint, split_holdout
 from lejepa_cli.data.scan import ImageIndex, scan_folder
 from lejepa_cli.model import LeJEPAModel, build_backbone, data_spec
 from lejepa_cli.report import write_report
@@ -59,7 +60,7 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("selection")
     images = write_images(root / "images")
     run = make_run(root / "run", epochs=(1, 2))
-    _, holdout = selection.split_holdout(scan_folder(images), HOLDOUT)
+    _, holdout = split_holdout(scan_folder(images), HOLDOUT)
     return {"root": root, "images": images, "run": run, "holdout": holdout}
 
 
@@ -69,7 +70,7 @@ def world(tmp_path_factory):
 def test_split_holdout_is_fixed_by_the_folder_and_disjoint(tmp_path):
     relpaths = [f"d{i % 3}/img_{i:03d}.png" for i in range(50)]
     index = ImageIndex.from_relpaths(tmp_path, relpaths)
-    train, held = selection.split_holdout(index, 10)
+    train, held = split_holdout(index, 10)
     assert len(train) == 40 and len(held) == 10
     held_set, train_set = set(held.relpaths()), set(train.relpaths())
     assert not held_set & train_set and held_set | train_set == set(relpaths)
@@ -79,12 +80,12 @@ def test_split_holdout_is_fixed_by_the_folder_and_disjoint(tmp_path):
     expected = set(sorted(relpaths, key=lambda p: zlib.crc32(p.encode()))[:10])
     assert held_set == expected
     shuffled = ImageIndex.from_relpaths(tmp_path, list(reversed(relpaths)))
-    assert set(selection.split_holdout(shuffled, 10)[1].relpaths()) == expected
+    assert set(split_holdout(shuffled, 10)[1].relpaths()) == expected
     # a larger holdout contains the smaller one: adding held-out images keeps the old ones
-    assert held_set <= set(selection.split_holdout(index, 20)[1].relpaths())
-    train0, held0 = selection.split_holdout(index, 0)
+    assert held_set <= set(split_holdout(index, 20)[1].relpaths())
+    train0, held0 = split_holdout(index, 0)
     assert len(held0) == 0 and len(train0) == 50
-    assert selection.holdout_fingerprint(held) != selection.holdout_fingerprint(held0)
+    assert holdout_fingerprint(held) != holdout_fingerprint(held0)
 
 
 # ----------------------------------------------------------------------------- score
@@ -93,7 +94,7 @@ def test_split_holdout_is_fixed_by_the_folder_and_disjoint(tmp_path):
 def test_score_is_deterministic_and_leaves_training_state_alone(world, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
-    ckpt = checkpoint.resolve(run, "last")
+    ckpt = rundir.resolve_checkpoint(run, "last")
     model, spec, cfg = load_model(run, ckpt)
     torch.manual_seed(123)
     rng_before = torch.get_rng_state()
@@ -118,19 +119,19 @@ def test_score_is_deterministic_and_leaves_training_state_alone(world, tmp_path)
     assert first["score"] == pytest.approx(first["loss"] / 0.05**selection.ALPHA)
     assert first["heldout_images"] == HOLDOUT and not first["errors"]
     # recorded next to the checkpoint and in the run-level history (latest record per name)
-    assert json.loads((ckpt / selection.HELDOUT_FILE).read_text())["loss"] == first["loss"]
-    lines = (run / selection.SELECTION_FILE).read_text().splitlines()
+    assert json.loads((ckpt / rundir.HOLDOUT_SCORE).read_text())["loss"] == first["loss"]
+    lines = (run / rundir.SELECTION).read_text().splitlines()
     assert len(lines) == 2 and len(selection.read_history(run)) == 1
 
 
 def test_other_weights_give_another_score(world):
     run = world["run"]
-    a, b = checkpoint.list_checkpoints(run)
+    a, b = rundir.list_checkpoints(run)
     holdout, device = world["holdout"], torch.device("cpu")
     model_a, spec, cfg = load_model(run, a)
     model_b, _, _ = load_model(run, b)
-    ra = selection.evaluate_holdout(model_a, holdout, cfg, spec, device)
-    rb = selection.evaluate_holdout(model_b, holdout, cfg, spec, device)
+    ra = holdout_score.evaluate_holdout(model_a, holdout, cfg, spec, device)
+    rb = holdout_score.evaluate_holdout(model_b, holdout, cfg, spec, device)
     assert ra.loss != rb.loss
     assert ra.features.shape == (HOLDOUT, model_a.backbone.num_features)
 
@@ -139,13 +140,13 @@ def test_collapsed_model_scores_worse_and_warns(world, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(world["run"], run)
     device = torch.device("cpu")
-    ckpt = checkpoint.resolve(run, "last")
+    ckpt = rundir.resolve_checkpoint(run, "last")
     model, spec, cfg = load_model(run, ckpt)
     healthy = selection.after_checkpoint(
         run, ckpt, model, world["holdout"], cfg, spec, device, strict=True
     )
     collapse_(model)
-    meta = checkpoint.read_meta(ckpt)
+    meta = rundir.read_meta(ckpt).raw
     bad = checkpoint.save(
         run, "epoch-0003", model.state_dict(), {}, {**meta, "epoch": 3, "step": 12}
     )
@@ -160,7 +161,7 @@ def test_collapsed_model_scores_worse_and_warns(world, tmp_path):
     assert healthy["effective_rank"] > 2.0
     # the newest checkpoint is the collapsed one: it is not recommended
     write_report(run)
-    assert checkpoint.resolve(run, "best").name == ckpt.name
+    assert rundir.resolve_checkpoint(run, "best").name == ckpt.name
 
 
 def test_ranking_and_best_agree_and_skip_deleted(world, tmp_path):
@@ -174,13 +175,13 @@ def test_ranking_and_best_agree_and_skip_deleted(world, tmp_path):
     assert [c["rank"] for c in ranked] == [1, 2]
     assert ranked[0]["score"] <= ranked[1]["score"]
     assert report["recommended"]["checkpoint"] == ranked[0]["checkpoint"]
-    assert checkpoint.resolve(run, "best").name == ranked[0]["checkpoint"]
+    assert rundir.resolve_checkpoint(run, "best").name == ranked[0]["checkpoint"]
     # delete the winner: the history keeps its score, the recommendation moves on
     shutil.rmtree(run / "checkpoints" / ranked[0]["checkpoint"])
     write_report(run)
     report = json.loads((run / "report.json").read_text())
     assert report["recommended"]["checkpoint"] == ranked[1]["checkpoint"]
-    assert checkpoint.resolve(run, "best").name == ranked[1]["checkpoint"]
+    assert rundir.resolve_checkpoint(run, "best").name == ranked[1]["checkpoint"]
     gone = [c for c in report["checkpoints"] if c["checkpoint"] == ranked[0]["checkpoint"]]
     assert gone and gone[0]["exists"] is False and gone[0]["score"] == ranked[0]["score"]
 
@@ -195,7 +196,7 @@ def test_rank_uses_lam_normalisation_and_puts_collapse_last(tmp_path):
     ]
     for r in rows:
         checkpoint.save(run, r["checkpoint"], {"w": torch.zeros(1)}, {}, {"step": r["step"]})
-    (run / selection.SELECTION_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / rundir.SELECTION).write_text("".join(json.dumps(r) + "\n" for r in rows))
     ranked = selection.rank_checkpoints(run, lam=0.05)
     assert [e["checkpoint"] for e in ranked] == ["epoch-0001", "epoch-0003", "epoch-0002"]
     assert selection.recommend(ranked)["checkpoint"] == "epoch-0001"
@@ -220,7 +221,7 @@ def test_a_failure_inside_is_recorded_not_raised(world, tmp_path):
     broken.mkdir()
     (broken / "a.png").write_bytes(b"not an image at all")
     holdout = ImageIndex.from_relpaths(broken, ["a.png"])
-    ckpt = checkpoint.resolve(run, "last")
+    ckpt = rundir.resolve_checkpoint(run, "last")
     model, spec, cfg = load_model(run, ckpt)
     rec = selection.after_checkpoint(
         run, ckpt, model, holdout, cfg, spec, torch.device("cpu"), strict=False
@@ -259,7 +260,7 @@ def test_label_probe_and_correlation(world, tmp_path):
         Image.fromarray(arr).save(labelled / f"l{i:02d}.png")
         rows.append(f"l{i:02d}.png,{'dark' if i % 2 else 'light'}")
     (labelled / "labels.csv").write_text("\n".join(rows) + "\n")
-    ckpt = checkpoint.resolve(run, "last")
+    ckpt = rundir.resolve_checkpoint(run, "last")
     model, spec, cfg = load_model(run, ckpt)
     cfg = cfg.replace(labels=str(labelled / "labels.csv"))
     rec = selection.after_checkpoint(

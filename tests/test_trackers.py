@@ -19,8 +19,8 @@ from helpers_trackers import (
     wandb_config,
 )
 
+from lejepa_cli.curves import read_metrics
 from lejepa_cli.errors import UsageError
-from lejepa_cli.report import read_metrics
 from lejepa_cli.selection import read_history
 from lejepa_cli.trackers import STATE_FILE, TRACKERS, build_trackers
 from lejepa_cli.trackers.base import flat_config

@@ -12,8 +12,8 @@ from helpers_trackers import expected_metrics, read_back
 from test_train import TINY, make_images, run_cli
 
 from lejepa_cli.config import PretrainConfig, build
+from lejepa_cli.curves import read_metrics
 from lejepa_cli.errors import UsageError
-from lejepa_cli.report import read_metrics
 from lejepa_cli.selection import read_history
 
 TRACKERS = ["tensorboard", "mlflow", "wandb"]

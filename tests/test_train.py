@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from lejepa_cli import checkpoint, config
+from lejepa_cli import checkpoint, config, rundir
 from lejepa_cli.cli import main
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.training.data import EpochSampler
@@ -101,8 +101,8 @@ def test_two_epochs_write_the_run_directory(images, tmp_path):
     # 20 training images / batch 8 -> 2 steps per epoch, one metrics line per step.
     assert sorted(losses(run)) == [1, 2, 3, 4]
     assert all(np.isfinite(v) for v in losses(run).values())
-    assert checkpoint.last(run).name == "epoch-0002"
-    meta = checkpoint.read_meta(checkpoint.last(run))
+    assert rundir.last(run).name == "epoch-0002"
+    meta = rundir.read_meta(rundir.last(run)).raw
     assert meta["step"] == 4 and meta["epoch"] == 2 and meta["arch"] == "test_resnet"
 
 
@@ -112,7 +112,7 @@ def test_resume_reproduces_the_uninterrupted_run(images, tmp_path):
     assert run_cli("pretrain", str(images), "--out", str(full), *common) == 0
     # Stop mid-epoch (step 3 of 6), then resume; the resumed part uses a worker process.
     assert run_cli("pretrain", str(images), "--out", str(part), "--max-steps", "3", *common) == 0
-    assert checkpoint.last(part).name == "step-0000003"
+    assert rundir.last(part).name == "step-0000003"
     assert sorted(losses(part)) == [1, 2, 3]
     assert run_cli("pretrain", "--resume", "--out", str(part), "--workers", "1", "--quiet") == 0
     a, b = losses(full), losses(part)
@@ -163,12 +163,12 @@ def test_kill_during_checkpoint_write_keeps_the_previous_one(images, tmp_path):
         timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
-    ckpt = checkpoint.last(run)
+    ckpt = rundir.last(run)
     assert ckpt is not None and ckpt.name == "epoch-0001"
     assert checkpoint.load_weights(ckpt)  # loadable without unpickling
     assert checkpoint.load_train_state(ckpt)["step"] == 2
     assert run_cli("pretrain", "--resume", "--out", str(run), "--quiet") == 0
-    assert checkpoint.last(run).name == "epoch-0002"
+    assert rundir.last(run).name == "epoch-0002"
     assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
 
 
@@ -192,8 +192,8 @@ def test_sigterm_checkpoints_and_prints_the_resume_command(images, tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "Resume with: lejepa pretrain --resume --out" in err
     assert "Traceback" not in err
-    ckpt = checkpoint.last(run)
-    assert ckpt is not None and checkpoint.read_meta(ckpt)["step"] == max(losses(run))
+    ckpt = rundir.last(run)
+    assert ckpt is not None and rundir.read_meta(ckpt).step == max(losses(run))
 
 
 @pytest.mark.parametrize(

@@ -399,7 +399,7 @@ def test_a_saved_architecture_timm_lacks_is_not_an_arch_flag_problem(run, tmp_pa
 
 
 def test_checkpoint_names_from_files_stay_inside_the_run(run, tmp_path):
-    from lejepa_cli import checkpoint
+    from lejepa_cli import rundir
     from lejepa_cli.errors import RunDirError
 
     copy = tmp_path / "runs" / "run"
@@ -407,12 +407,12 @@ def test_checkpoint_names_from_files_stay_inside_the_run(run, tmp_path):
     outside = tmp_path / "runs" / "planted"
     shutil.copytree(copy / "checkpoints" / "epoch-0001", outside)
     (copy / "checkpoints" / "last.json").write_text(json.dumps({"name": "../../planted"}))
-    assert checkpoint.last(copy) == copy / "checkpoints" / "epoch-0002"
+    assert rundir.last(copy) == copy / "checkpoints" / "epoch-0002"
     (copy / "report.json").write_text(json.dumps({"recommended": {"checkpoint": "../../planted"}}))
     with pytest.raises(RunDirError):
-        checkpoint.resolve(copy, "best")
+        rundir.resolve_checkpoint(copy, "best")
     with pytest.raises(RunDirError):
-        checkpoint.resolve(copy, "../../planted")
+        rundir.resolve_checkpoint(copy, "../../planted")
 
 
 def test_a_damaged_train_state_points_at_the_checkpoint_before_it_only_if_there_is_one(
@@ -496,16 +496,16 @@ def _edit_meta(run_dir: Path, name: str, change) -> Path:
 
 
 def test_a_damaged_meta_is_named_and_blocks_only_its_own_checkpoint(run, images, tmp_path, capsys):
-    from lejepa_cli import checkpoint
+    from lejepa_cli import rundir
     from lejepa_cli.artifacts import load_encoder
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     _edit_meta(copy, "epoch-0001", lambda m: {**m, "step": None})
     # listed (first, so that nothing falls back to it), and the other checkpoint still loads
-    assert [p.name for p in checkpoint.list_checkpoints(copy)] == ["epoch-0001", "epoch-0002"]
+    assert [p.name for p in rundir.list_checkpoints(copy)] == ["epoch-0001", "epoch-0002"]
     (copy / "checkpoints" / "last.json").unlink()
-    assert checkpoint.last(copy).name == "epoch-0002"
+    assert rundir.last(copy).name == "epoch-0002"
     assert load_encoder(copy, "2").source["checkpoint"] == "epoch-0002"
     code, err = _cli(
         ["export", str(copy), "--checkpoint", "2", "--out", str(tmp_path / "e")], capsys

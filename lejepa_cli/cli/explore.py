@@ -12,68 +12,82 @@ from lejepa_cli.cli.base import app, checkpoint_flag, crop_pct_option
 _DUP_THRESHOLD = 0.97
 
 
+# The options, one per line below; their help is what `lejepa explore --help` shows.
+_MODEL = typer.Argument(
+    ..., metavar="MODEL", help="An export directory, a run, or one of its checkpoints."
+)
+_FOLDER = typer.Argument(..., metavar="FOLDER", help="Folder of images (searched recursively).")
+_OUT = typer.Option(..., "--out", "-o", help="Output folder for index.html and the CSVs.")
+_CHECKPOINT = typer.Option(
+    None,
+    "--checkpoint",
+    callback=checkpoint_flag,
+    help="For a run: last, best, an epoch number or a checkpoint name.",
+    show_default="last",
+)
+_QUERIES = typer.Option(
+    12, "--queries", help="Random query images (seeded) for the neighbour gallery."
+)
+_QUERY = typer.Option(
+    [],
+    "--query",
+    help="An image to use as a query as well (relative to FOLDER); repeatable.",
+    show_default=False,
+)
+_K = typer.Option(8, "--k", help="Neighbours per query; also the k of density and kNN.")
+_COMPARE = typer.Option(
+    None, "--compare", metavar="MODEL2", help="A second model shown beside MODEL."
+)
+_COMPARE_CHECKPOINT = typer.Option(
+    None,
+    "--compare-checkpoint",
+    callback=checkpoint_flag,
+    help="--checkpoint for MODEL2.",
+    show_default="last",
+)
+_MAP = typer.Option(
+    "auto",
+    "--map",
+    help="pca, umap (needs pip install 'lejepa-cli\\[explore]'), or auto: umap when installed.",
+)
+_LABELS = typer.Option(
+    None,
+    "--labels",
+    help="CSV path,label (as probe reads it): colours the map and gives kNN accuracy.",
+)
+_DUP = typer.Option(
+    _DUP_THRESHOLD,
+    "--dup-threshold",
+    help="Cosine similarity above which two images count as near-duplicates.",
+)
+_SEED = typer.Option(0, "--seed", help="Seed of the query sample and the map.")
+_BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass (at most 65536).")
+_WORKERS = typer.Option("auto", "--workers", help="Image-decoding processes, or auto.")
+_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N.")
+_OVERWRITE = typer.Option(
+    False, "--overwrite", help="Write into a non-empty --out, replacing only explore's own files."
+)
+
+
 @app.command(no_args_is_help=True)
 def explore(
-    model: Path = typer.Argument(
-        ..., metavar="MODEL", help="An export directory, a run, or one of its checkpoints."
-    ),
-    folder: Path = typer.Argument(
-        ..., metavar="FOLDER", help="Folder of images (searched recursively)."
-    ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder for index.html and the CSVs."),
-    checkpoint: str | None = typer.Option(
-        None,
-        "--checkpoint",
-        callback=checkpoint_flag,
-        help="For a run: last, best, an epoch number or a checkpoint name.",
-        show_default="last",
-    ),
-    queries: int = typer.Option(
-        12, "--queries", help="Random query images (seeded) for the neighbour gallery."
-    ),
-    query: list[Path] = typer.Option(
-        [],
-        "--query",
-        help="An image to use as a query as well (relative to FOLDER); repeatable.",
-        show_default=False,
-    ),
-    k: int = typer.Option(8, "--k", help="Neighbours per query; also the k of density and kNN."),
-    compare: Path | None = typer.Option(
-        None, "--compare", metavar="MODEL2", help="A second model shown beside MODEL."
-    ),
-    compare_checkpoint: str | None = typer.Option(
-        None,
-        "--compare-checkpoint",
-        callback=checkpoint_flag,
-        help="--checkpoint for MODEL2.",
-        show_default="last",
-    ),
-    map_method: str = typer.Option(
-        "auto",
-        "--map",
-        help="pca, umap (needs pip install 'lejepa-cli\\[explore]'), or auto: umap when installed.",
-    ),
-    labels: Path | None = typer.Option(
-        None,
-        "--labels",
-        help="CSV path,label (as probe reads it): colours the map and gives kNN accuracy.",
-    ),
-    dup_threshold: float = typer.Option(
-        _DUP_THRESHOLD,
-        "--dup-threshold",
-        help="Cosine similarity above which two images count as near-duplicates.",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the query sample and the map."),
-    batch_size: int = typer.Option(
-        64, "--batch-size", min=1, help="Images per forward pass (at most 65536)."
-    ),
-    workers: str = typer.Option("auto", "--workers", help="Image-decoding processes, or auto."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
-    overwrite: bool = typer.Option(
-        False,
-        "--overwrite",
-        help="Write into a non-empty --out, replacing only explore's own files.",
-    ),
+    model: Path = _MODEL,
+    folder: Path = _FOLDER,
+    out: Path = _OUT,
+    checkpoint: str | None = _CHECKPOINT,
+    queries: int = _QUERIES,
+    query: list[Path] = _QUERY,
+    k: int = _K,
+    compare: Path | None = _COMPARE,
+    compare_checkpoint: str | None = _COMPARE_CHECKPOINT,
+    map_method: str = _MAP,
+    labels: Path | None = _LABELS,
+    dup_threshold: float = _DUP,
+    seed: int = _SEED,
+    batch_size: int = _BATCH,
+    workers: str = _WORKERS,
+    device: str = _DEVICE,
+    overwrite: bool = _OVERWRITE,
     crop_pct: float | None = crop_pct_option("instead of the one the model recorded"),
 ) -> None:
     """See what a model learned: OUT/index.html, one page that opens offline.
@@ -90,12 +104,10 @@ def explore(
     image ranked) and map.csv, with paths relative to FOLDER as `embed` writes them.
     """
     from rich.console import Console
-    from rich.markup import escape
 
     from lejepa_cli.cli.probe import stage_progress
     from lejepa_cli.explore.build import explore as run_explore
 
-    console = Console(highlight=False)
     with stage_progress(Console(stderr=True)) as progress:
         result = run_explore(
             model,
@@ -118,6 +130,12 @@ def explore(
             crop_pct=crop_pct,
             progress=progress,
         )
+    _print_result(result, Console(highlight=False))
+
+
+def _print_result(result, console) -> None:
+    from rich.markup import escape
+
     console.print(
         f"explored {result.count} images ({result.map_method} map, {result.duplicates} "
         f"near-duplicate pairs): open {escape(str(result.files[0]))}"

@@ -41,11 +41,13 @@ def export_command(
     from rich.console import Console
     from rich.markup import escape
 
+    from lejepa_cli import export as export_module
+    from lejepa_cli import rundir
     from lejepa_cli.export import export
 
     console = Console(highlight=False)
     path = export(run, out, checkpoint=checkpoint, fmt=fmt, overwrite=overwrite, crop_pct=crop_pct)
-    src = json.loads((path / "config.json").read_text())["lejepa"]["source"]
+    src = json.loads((path / rundir.EXPORT_CONFIG).read_text())["lejepa"]["source"]
     if checkpoint is None:
         why = (
             "best: recommended by report.json"
@@ -55,7 +57,7 @@ def export_command(
     else:
         why = f"--checkpoint {checkpoint}"
     console.print(escape(f"exported checkpoint {src['checkpoint']} ({why}) of {run} to {path}"))
-    for name in ("model.safetensors", "config.json", "README.md", "model.onnx"):
+    for name in (rundir.WEIGHTS, rundir.EXPORT_CONFIG, export_module.README, export_module.ONNX):
         if (path / name).is_file():
             console.print(f"  {escape(str(path / name))}")
     console.print(

@@ -12,31 +12,11 @@ from pathlib import Path
 
 import typer
 
+from lejepa_cli import rundir
 from lejepa_cli.cli.base import app
 from lejepa_cli.errors import UsageError
 
 _SHOWN_BAD_FILES = 100  # the rest are in --json
-
-
-def _kind_of(path: Path) -> str:
-    """'folder' | 'run' | 'export' | 'checkpoint' for an existing path; UsageError otherwise."""
-    if not path.exists():
-        raise UsageError(f"no such file or folder: {path}")
-    if path.is_file():
-        if path.suffix == ".safetensors":
-            return "checkpoint"
-        raise UsageError(
-            f"{path} is a file; inspect takes an image folder, a run directory, an exported "
-            "model directory or a checkpoint (.safetensors or a checkpoint folder)"
-        )
-    if (path / "config.yaml").is_file() or (path / "checkpoints").is_dir():
-        return "run"
-    if (path / "model.safetensors").is_file():
-        if (path / "config.json").is_file():
-            return "export"
-        if (path / "meta.json").is_file():
-            return "checkpoint"
-    return "folder"
 
 
 @app.command("inspect", no_args_is_help=True)
@@ -53,7 +33,7 @@ def inspect_command(
 ) -> None:
     """Describe image folders (counts, sizes, channels, bad files, crop sizes, mean/std),
     or runs, checkpoints and exports (config, progress, ranking, metadata)."""
-    kinds = [_kind_of(p) for p in paths]
+    kinds = [rundir.kind_of(p) for p in paths]
     folders = [p for p, k in zip(paths, kinds, strict=True) if k == "folder"]
     artifacts = [p for p, k in zip(paths, kinds, strict=True) if k != "folder"]
     if folders and artifacts:
@@ -143,7 +123,7 @@ def _render_folder(report, console) -> None:
         if len(r.unreadable) > _SHOWN_BAD_FILES:
             console.print(f"  ... and {len(r.unreadable) - _SHOWN_BAD_FILES:,} more (see --json)")
         console.print(
-            "These files are skipped during training and listed in the run's skipped.txt."
+            f"These files are skipped during training and listed in the run's {rundir.SKIPPED}."
         )
     else:
         console.print("[green]no unreadable files[/green]")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from lejepa_cli.data.decode import DecodeError, load_rgb
@@ -92,45 +91,3 @@ def collate_multicrop(samples: list[dict]) -> dict:
         "index": torch.tensor([s["index"] for s in samples], dtype=torch.int64),  # (B,)
         "skipped": [item for s in samples for item in s["skipped"]],
     }
-
-
-class EvalDataset(Dataset):
-    """`dataset[i]` -> (image tensor, ok, i) with one deterministic view per image.
-
-    transform maps an RGB PIL image to a tensor (for example multicrop.EvalTransform). An
-    unreadable file gives a zero image of the same shape with ok=False; callers drop those rows.
-    Reasons for the failures are in `failure_reason(i)` (re-reads the file, for reports).
-    """
-
-    def __init__(self, index: ImageIndex, transform):
-        self.index = index
-        self.transform = transform
-        self._min_side = getattr(transform, "min_source_side", None)
-        self._zero: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool, int]:
-        try:
-            img = load_rgb(self.index.abspath(i), min_side=self._min_side)
-            view = self.transform(img)
-        except Exception:  # noqa: BLE001 - unreadable, or no view could be cut from it
-            return self._zero_image(), False, int(i)
-        return view, True, int(i)
-
-    def failure_reason(self, i: int) -> str | None:
-        """Why image i cannot be used, or None when it can."""
-        try:
-            self.transform(load_rgb(self.index.abspath(i), min_side=self._min_side))
-        except DecodeError as exc:
-            return exc.reason
-        except Exception as exc:  # noqa: BLE001
-            return _transform_failure(exc)
-        return None
-
-    def _zero_image(self) -> torch.Tensor:
-        if self._zero is None:
-            side = self._min_side or 256
-            self._zero = torch.zeros_like(self.transform(Image.new("RGB", (side, side))))
-        return self._zero

@@ -44,7 +44,6 @@ from PIL import Image
 
 from lejepa_cli.errors import UsageError, short_repr
 
-_BILINEAR = Image.Resampling.BILINEAR
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601 weights, as torchvision's rgb_to_grayscale
 _GREY = np.tile(_LUMA, (3, 1))  # rgb -> (luma, luma, luma)
 _ROTATIONS = (cv2.ROTATE_90_COUNTERCLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_CLOCKWISE)
@@ -306,36 +305,6 @@ def normalize(
     scale = torch.as_tensor(mean, dtype=dtype, device=x.device).view(-1, 1, 1) * 255.0
     spread = torch.as_tensor(std, dtype=dtype, device=x.device).view(-1, 1, 1) * 255.0
     return x.to(dtype).sub_(scale).div_(spread)
-
-
-class EvalTransform:
-    """Deterministic view for embedding and probing: resize the shorter side, crop the centre.
-
-    The shorter side is resized to size / crop_pct (timm's convention: crop_pct=0.875 keeps the
-    central 87.5%), then the central size x size square is kept. Returns uint8 (3, size, size).
-    """
-
-    def __init__(self, size: int, crop_pct: float = 1.0):
-        if size < 8 or not 0 < crop_pct <= 1:
-            raise UsageError(
-                f"eval view needs size >= 8 and 0 < crop_pct <= 1, got {size}, {crop_pct}"
-            )
-        self.size = size
-        self.crop_pct = crop_pct
-        self.min_source_side = math.ceil(size / crop_pct)
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        w, h = img.size
-        short = self.min_source_side
-        # The centred box in source pixels that maps onto the output square.
-        side = min(w, h) * self.size / short
-        left, top = (w - side) / 2, (h - side) / 2
-        out = img.resize(
-            (self.size, self.size), _BILINEAR, box=(left, top, left + side, top + side)
-        )
-        return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()  # (3, S, S)
 
 
 def suggest_crop_sizes(typical_side: int) -> tuple[int, int]:

@@ -9,12 +9,13 @@ seen.
 
 from __future__ import annotations
 
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from lejepa_cli import atomic
 
 
 def path_keys(index) -> np.ndarray:
@@ -29,10 +30,8 @@ def path_keys(index) -> np.ndarray:
 
 def save(path: Path, keys: np.ndarray) -> None:
     """Write the record atomically (a temporary file renamed into place)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic.atomic_path(path, sync=False) as tmp, open(tmp, "wb") as f:
         np.save(f, np.asarray(keys, dtype=np.uint32), allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def load(path: Path) -> np.ndarray | None:

@@ -48,11 +48,11 @@ class _Skip(Exception):
 
 
 def _holdout(run_dir: Path):
-    from lejepa_cli import config
+    from lejepa_cli import config, rundir
     from lejepa_cli.data.holdout import split_holdout
     from lejepa_cli.data.scan import scan_folder
 
-    cfg = config.read_saved(run_dir / "config.yaml")
+    cfg = rundir.read_config(run_dir)
     if not cfg.data or not Path(cfg.data).is_dir():
         raise _Skip(f"skipped: the run's images ({cfg.data or 'none recorded'}) are not available")
     index = scan_folder(cfg.data)

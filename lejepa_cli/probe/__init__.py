@@ -54,7 +54,7 @@ from lejepa_cli.probe.labels import (
     stratified_split,
 )
 from lejepa_cli.probe.results import RESULT_FILES, ProbeResult, _save_confusion
-from lejepa_cli.probe.run import MAX_SEEDS, ProgressFn, probe_backbone_on_csv, run_probe
+from lejepa_cli.probe.run import MAX_SEEDS, StageProgress, probe_backbone_on_csv, run_probe
 
 __all__ = [
     "ALL",
@@ -74,7 +74,7 @@ __all__ = [
     "VAL_FRACTION",
     "WARMUP_SHARE",
     "WEIGHT_DECAY",
-    "ProgressFn",
+    "StageProgress",
     "ProbeResult",
     "_save_confusion",
     "_sort_classes",

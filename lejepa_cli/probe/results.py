@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from lejepa_cli import atomic, rundir
 from lejepa_cli.errors import UsageError
 from lejepa_cli.probe.heads import METRICS
 from lejepa_cli.probe.labels import ALL
@@ -95,7 +96,7 @@ def _mean_over_seeds(per_class: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 # What a probe writes into its folder: with --overwrite these, and only these, are replaced.
-RESULT_FILES = ("probe.json", "confusion.png")
+RESULT_FILES = rundir.PROBE_FILES
 
 
 def _refuse_earlier_results(out: Path) -> None:
@@ -156,17 +157,15 @@ def write_confusion(out: Path, rows, classes: list[str], label: str) -> Path | N
         if r["model"] == "checkpoint" and r["head"] == "linear" and r["shots"] == ALL
     ]
     if not main_all:  # an earlier probe's picture in --out would pass for this one's
-        (out / "confusion.png").unlink(missing_ok=True)
+        (out / rundir.PROBE_CONFUSION).unlink(missing_ok=True)
         return None
-    path = out / "confusion.png"
+    path = out / rundir.PROBE_CONFUSION
     _save_confusion(path, main_all[0]["confusion"], classes, f"linear probe, {label} (seed 0)")
     return path
 
 
 def write_probe_json(out: Path, data: dict[str, Any]) -> Path:
     """probe.json, replaced atomically."""
-    json_path = out / "probe.json"
-    tmp = json_path.with_name(".probe.json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(json_path)
+    json_path = out / rundir.PROBE_JSON
+    atomic.write_text_atomic(json_path, json.dumps(data, indent=2), sync=False)
     return json_path

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lejepa_cli import rundir
 from lejepa_cli.errors import DataError, UnreadableDataError, UsageError
 from lejepa_cli.probe.heads import METRICS, probe_arrays, probe_protocol, protocol_record
 from lejepa_cli.probe.labels import (
@@ -37,7 +38,7 @@ from lejepa_cli.probe.results import (
 MAX_SEEDS = 1000  # repeats per shots setting; with 1000 the mean is known to 3% of the spread
 
 
-ProgressFn = Callable[[str, int, int], None]  # (stage, done, total)
+StageProgress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 def probe_backbone_on_csv(
@@ -149,7 +150,7 @@ def run_probe(
     device: str = "auto",
     batch_size: int = 64,
     workers: int | str = "auto",
-    progress: ProgressFn | None = None,
+    progress: StageProgress | None = None,
     balanced: bool = False,
     crop_pct: float | None = None,
     overwrite: bool = False,
@@ -274,7 +275,7 @@ def _labeled_split(labels_csv, val_csv, root) -> _Split:
 
 def _output_folder(out_dir, encoder, paths: list[str]) -> Path:
     """--out (default MODEL/probe), created; refused when it holds labeled images."""
-    out = Path(out_dir) if out_dir is not None else Path(encoder.source["path"]) / "probe"
+    out = Path(out_dir) if out_dir is not None else Path(encoder.source["path"]) / rundir.PROBE
     resolved = out.resolve()  # the label paths are resolved already
     inside = next((p for p in paths if Path(p).is_relative_to(resolved)), None)
     if inside is not None:  # the results (a PNG among them) would land among the images

@@ -19,7 +19,7 @@ from lejepa_cli.training.callbacks import Callback
 __all__ = ["RUN_FILES", "RUN_FOLDERS", "STATE_FILE", "TRACKERS", "build_trackers"]
 
 # What the trackers write into a run directory (--overwrite removes it with the run's files).
-RUN_FILES = (STATE_FILE, mlflow_tracker.DB_FILE)
+RUN_FILES = (STATE_FILE, mlflow_tracker.DB_FILE)  # all of them in rundir.OWN_FILES
 RUN_FOLDERS = (tensorboard.FOLDER, mlflow_tracker.ARTIFACTS, wandb.FOLDER)
 
 

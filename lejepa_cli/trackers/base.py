@@ -8,14 +8,14 @@ resolved config (as hyperparameters, once). Only rank 0 logs.
 from __future__ import annotations
 
 import json
-import os
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from lejepa_cli import atomic, rundir
 from lejepa_cli.training.callbacks import Callback, RunContext
 
-STATE_FILE = "trackers.json"  # RUN/trackers.json: each tracker's run id, so a resume continues it
+STATE_FILE = rundir.TRACKER_STATE  # each tracker's run id, so that a resume continues it
 
 # Bookkeeping fields of a selection.jsonl record: where and under which settings, not a score.
 _SCORE_CONTEXT = ("checkpoint", "step", "epoch", "time", "lam", "alpha", "batch_size", "train")
@@ -81,9 +81,7 @@ def write_state(run_dir: Path, tracker: str, state: dict[str, Any]) -> None:
     """Replace one tracker's entry of RUN/trackers.json (atomically: a kill leaves the old one)."""
     path = Path(run_dir) / STATE_FILE
     data = {**read_state(run_dir), tracker: state}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json_atomic(path, data)
 
 
 class Tracker(Callback):
@@ -155,7 +153,7 @@ class Tracker(Callback):
 
     def _backfill(self, start_step: int) -> None:
         """Log the recorded rows and scores after the tracker's last step, up to `start_step`."""
-        from lejepa_cli.report import read_metrics
+        from lejepa_cli.curves import read_metrics
         from lejepa_cli.selection import read_history
 
         rows = [(r["step"], train_metrics(r)) for r in read_metrics(self.run_dir)]

@@ -13,11 +13,12 @@ import re
 import time
 from pathlib import Path
 
+from lejepa_cli import rundir
 from lejepa_cli.trackers.base import Tracker, flat_config, read_state, write_state
 from lejepa_cli.training.callbacks import RunContext
 
-DB_FILE = "mlflow.db"
-ARTIFACTS = "mlflow-artifacts"
+DB_FILE = rundir.MLFLOW_DB
+ARTIFACTS = rundir.MLFLOW_ARTIFACTS
 EXPERIMENT = "lejepa"  # MLFLOW_EXPERIMENT_NAME overrides it
 MAX_PARAM_VALUE = 500  # older tracking servers refuse longer values
 MAX_KEY = 250
@@ -101,9 +102,7 @@ class MlflowTracker(Tracker):
         self.client.log_batch(self.run_id, metrics=batch)
 
     def close(self, step: int, reason: str) -> None:
-        from lejepa_cli.selection import REPORT_HTML
-
-        report = self.run_dir / REPORT_HTML
+        report = self.run_dir / rundir.REPORT_HTML
         if report.is_file():
             self.client.log_artifact(self.run_id, str(report))
         self.client.set_terminated(self.run_id, status=_END_STATUS.get(reason, "FAILED"))

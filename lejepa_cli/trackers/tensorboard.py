@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from lejepa_cli import rundir
 from lejepa_cli.trackers.base import Tracker, flat_config
 from lejepa_cli.training.callbacks import CheckpointInfo, RunContext
 
-FOLDER = "tensorboard"
+FOLDER = rundir.TENSORBOARD
 
 
 def log_dir(run_dir: Path) -> Path:

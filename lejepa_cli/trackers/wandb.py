@@ -14,12 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
+from lejepa_cli import rundir
 from lejepa_cli.trackers.base import Tracker, read_state, write_state
 from lejepa_cli.training.callbacks import RunContext
 
 PROJECT = "lejepa"
 DEFAULT_HOST = "https://api.wandb.ai"
-FOLDER = "wandb"  # W&B makes RUN/wandb/ itself when given dir=RUN
+FOLDER = rundir.WANDB  # W&B makes RUN/wandb/ itself when given dir=RUN
 _BLOCK = 32768  # the .wandb file is a LevelDB-format log: 32 KiB blocks of framed chunks
 _FULL, _LAST = 1, 4
 

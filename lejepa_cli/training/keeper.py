@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from lejepa_cli import checkpoint, distributed
+from lejepa_cli import checkpoint, distributed, rundir
 from lejepa_cli.errors import DivergedError
 from lejepa_cli.model import DataSpec, LeJEPAModel
 from lejepa_cli.training.build import Parts
@@ -67,15 +67,11 @@ class CheckpointKeeper(Callback):
         self.skipped, self.observers = skipped, observers
         self.config_file, self.before_rename = config_file, before_rename
         self.run_dir = Path(plan.cfg.out)
-        self.last: Path | None = checkpoint.last(self.run_dir) if plan.resume else None
+        self.last: Path | None = rundir.last(self.run_dir) if plan.resume else None
 
     def on_epoch_end(self, end: EpochEnd) -> None:
         cfg, dist = self.plan.cfg, self.parts.dist
-        name = (
-            checkpoint.epoch_name(end.epochs_done)
-            if end.complete
-            else checkpoint.step_name(end.step)
-        )
+        name = rundir.epoch_name(end.epochs_done) if end.complete else rundir.step_name(end.step)
         previous = self.last
         self.last = self._write(name, end)
         if dist.is_main:

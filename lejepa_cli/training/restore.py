@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from lejepa_cli import checkpoint
+from lejepa_cli import checkpoint, rundir
 from lejepa_cli.errors import CheckpointError, RunDirError
 from lejepa_cli.model import LeJEPAModel
 
@@ -31,7 +31,7 @@ def restore(
         step = int(state["step"])
     except (RuntimeError, ValueError, TypeError, KeyError):
         raise CheckpointError(
-            f"{ckpt}/{checkpoint.TRAIN_STATE} does not fit this run's model; "
+            f"{ckpt}/{rundir.TRAIN_STATE} does not fit this run's model; "
             + checkpoint.damaged_fix(ckpt)
         ) from None
     if device.type == "cuda" and "cuda_rng" in state:

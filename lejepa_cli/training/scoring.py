@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lejepa_cli import checkpoint
+from lejepa_cli import checkpoint, rundir
 from lejepa_cli.training.build import Parts
 from lejepa_cli.training.callbacks import Callback, CheckpointInfo
 from lejepa_cli.training.keeper import kept
@@ -71,7 +71,7 @@ class HoldoutScorer(Callback):
         scored = {rec["checkpoint"] for rec in read_history(self.run_dir)}
         waiting = [
             p
-            for p in checkpoint.list_checkpoints(self.run_dir)
+            for p in rundir.list_checkpoints(self.run_dir)
             if p.name not in scored
             and kept(p, int(cfg.keep_every), cfg.epochs)
             and checkpoint.damage(p) is None
