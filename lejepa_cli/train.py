@@ -40,6 +40,7 @@ from torch import nn
 from lejepa_cli import checkpoint, config, distributed
 from lejepa_cli.config import AUTO, PretrainConfig
 from lejepa_cli.data import record as folder_record
+from lejepa_cli.data.sources import absolute_data
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import (
     CheckpointError,
@@ -253,7 +254,7 @@ def resolve_config(
     overrides = {**overrides, "out": str(out_path)}
     for key in ("data", "labels"):  # anything else is left for config.build to refuse
         if isinstance(overrides.get(key), (str, Path)) and overrides[key]:
-            overrides[key] = str(Path(overrides[key]).expanduser().absolute())
+            overrides[key] = absolute_data(str(overrides[key]))  # URLs are left as they are
             require_utf8_path("DATA" if key == "data" else "--labels", overrides[key])
     if not resume:
         if not overrides.get("data"):
@@ -767,10 +768,10 @@ def pretrain(
     into place (tests use it to simulate a crash mid-write). `config_file` is the --config
     file the overrides came from, which --overwrite must not delete.
     """
-    from lejepa_cli.data.dataset import MultiCropDataset, collate_multicrop
+    from lejepa_cli.data.dataset import collate_multicrop
     from lejepa_cli.data.holdout import multicrop_config, split_holdout
     from lejepa_cli.data.multicrop import MultiCrop
-    from lejepa_cli.data.scan import scan_folder
+    from lejepa_cli.data.sources import open_data, train_dataset
     from lejepa_cli.report import write_report
     from lejepa_cli.selection import after_checkpoint
 
@@ -804,7 +805,7 @@ def pretrain(
             _refuse_inputs_inside(
                 run_dir, {"DATA": cfg.data, "--labels": cfg.labels, "--config": config_file}
             )
-        index = scan_folder(cfg.data)  # a wrong folder fails before the run directory is made
+        index = open_data(cfg.data)  # a wrong folder fails before the run directory is made
         image_keys = folder_record.path_keys(index)
         folder_change = None
         if resume:
@@ -934,7 +935,7 @@ def pretrain(
                 folder_record.save(run_dir / IMAGES_RECORD, image_keys)
         distributed.barrier()
 
-        dataset = MultiCropDataset(train_index, MultiCrop(multicrop_config(cfg)), seed=cfg.seed)
+        dataset = train_dataset(train_index, MultiCrop(multicrop_config(cfg)), cfg.seed, dist)
         runlog = _RunLog(run_dir, dist.is_main, start_step if resume else None)
         local_batch = cfg.batch_size // dist.world_size
 
@@ -962,6 +963,8 @@ def pretrain(
                 f"crops {cfg.global_views}x{cfg.global_size}px + {cfg.local_views}x{cfg.local_size}px"
             )
         message(f"run directory: {run_dir}")
+        if hasattr(dataset, "describe"):  # shards: how they are read, what a resume repeats
+            message(dataset.describe())
 
         def save(
             name: str, epoch_done: int, step: int, train_means: dict[str, float]
@@ -1070,23 +1073,24 @@ def pretrain(
         with stop:
             for epoch in range(start_epoch, cfg.epochs):
                 dataset.set_epoch(epoch)
-                sampler = EpochSampler(
-                    len(train_index),
-                    cfg.batch_size,
-                    cfg.seed,
-                    epoch,
-                    dist,
-                    start_batch if epoch == start_epoch else 0,
-                )
-                loader = torch.utils.data.DataLoader(
-                    dataset,
-                    batch_size=local_batch,
-                    sampler=sampler,
-                    num_workers=int(cfg.workers),
-                    collate_fn=collate_multicrop,
-                    pin_memory=device.type == "cuda",
-                    drop_last=False,
-                )
+                first_batch = start_batch if epoch == start_epoch else 0
+                if hasattr(dataset, "epoch_loader"):  # shards: a stream per rank and worker
+                    loader = dataset.epoch_loader(
+                        local_batch, first_batch, int(cfg.workers), device.type == "cuda"
+                    )
+                else:
+                    sampler = EpochSampler(
+                        len(train_index), cfg.batch_size, cfg.seed, epoch, dist, first_batch
+                    )
+                    loader = torch.utils.data.DataLoader(
+                        dataset,
+                        batch_size=local_batch,
+                        sampler=sampler,
+                        num_workers=int(cfg.workers),
+                        collate_fn=collate_multicrop,
+                        pin_memory=device.type == "cuda",
+                        drop_last=False,
+                    )
                 sums = {"loss": 0.0, "pred": 0.0, "sigreg": 0.0}
                 count = 0
                 waited = computed = 0.0

@@ -11,10 +11,12 @@ from lejepa_cli.cli.base import app
 
 @app.command(no_args_is_help=True)
 def pretrain(
-    data: Path | None = typer.Argument(
+    data: str | None = typer.Argument(
         None,
         metavar="DATA",
-        help="Folder of images (searched recursively). Optional with --resume.",
+        help="Folder of images (searched recursively), a manifest (.csv with a path column, or "
+        ".txt, one path a line), or WebDataset shards (shards.json, a .tar brace pattern, a list "
+        "of .tar, or an s3://, gs://, http(s):// or pipe: URL). Optional with --resume.",
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory to write."),
     arch: str | None = typer.Option(None, help="Any timm architecture.", show_default="resnet18"),
@@ -140,7 +142,7 @@ def pretrain(
 
     overrides = config_module.load_yaml(config_file) if config_file else {}
     flags = {
-        "data": str(data) if data else None,
+        "data": data or None,
         "out": str(out) if out else None,
         "arch": arch,
         "epochs": epochs,

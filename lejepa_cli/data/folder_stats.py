@@ -174,6 +174,8 @@ def typical_side(index, limit: int = 256) -> int:
     and `lejepa inspect`'s suggested sizes both follow."""
     from lejepa_cli.data.decode import image_size
 
+    if hasattr(index, "typical_side"):  # shards: the first images' headers (data.shards)
+        return index.typical_side(limit)
     n = len(index)
     picks = np.random.default_rng(0).choice(n, size=min(n, limit), replace=False)
     sides = []
