@@ -243,8 +243,9 @@ def iter_members(url: str) -> Iterator[tuple[str, str, bytes]]:
 
 
 def iter_samples(shard: Shard) -> Iterator[RawSample]:
-    """The shard's samples from position `skip` on; a tar that breaks off ends with one
-    RawSample whose `error` says where and why."""
+    """The shard's samples from position `skip` on; a tar that breaks off, or ends before the
+    count it was listed with (Python's tar reader takes a cut-off header for the end of the
+    archive), ends with one RawSample whose `error` says where and why."""
     position, key, files = 0, None, {}
     try:
         for k, suffix, data in iter_members(shard.url):
@@ -256,15 +257,17 @@ def iter_samples(shard: Shard) -> Iterator[RawSample]:
             files[suffix] = data
     except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
         detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        yield RawSample(
-            shard.first + position,
-            shard.name,
-            {},
-            f"unreadable tar after {position} samples: {detail}",
-        )
+        yield _broken(shard, position, f"unreadable tar after {position} samples: {detail}")
         return
     if key is not None and position >= shard.skip:
         yield _raw(shard, position, key, files)
+    read = position + (key is not None)
+    if read < shard.samples:
+        yield _broken(shard, read, f"the tar ends after {read} of its {shard.samples} samples")
+
+
+def _broken(shard: Shard, position: int, reason: str) -> RawSample:
+    return RawSample(shard.first + position, shard.name, {}, reason)
 
 
 def iter_set(shards, limit: int | None = None) -> Iterator[RawSample]:

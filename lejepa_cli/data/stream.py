@@ -88,11 +88,11 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         local_batch, start_batch, steps = self._plan
-        mine, batches, done = worker_plan(
+        part, mine, batches, done = worker_plan(
             self.shards, self.seed, self.epoch, self.rank, self.world, worker, workers,
             steps, start_batch,
         )  # fmt: skip
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, part])
         pool = _Pool()
         stream = islice(_passes(mine, self.buffer, rng, pool), batches * local_batch)
         for k, raw in enumerate(stream):
@@ -139,17 +139,23 @@ class _Pool:
 def worker_plan(
     shards: ShardSet, seed: int, epoch: int, rank: int, world: int, worker: int, workers: int,
     steps: int, start_batch: int,
-) -> tuple[list, int, int]:  # fmt: skip
-    """(this worker's shards, its batches this epoch, how many of them came before
-    `start_batch`), from the epoch's deal described in the module docstring."""
+) -> tuple[int, list, int, int]:  # fmt: skip
+    """(the part this loader worker plays, its shards, its batches this epoch, how many of
+    them came before `start_batch`), from the epoch's deal in the module docstring.
+
+    A resumed loader asks its workers for batches in turn from worker 0 again, while the
+    interrupted one would have gone on from the worker after the last to deliver: so loader
+    worker w plays the part of worker (w + that one) mod K, and the order carries on.
+    """
     order = np.random.default_rng([seed, epoch]).permutation(len(shards.shards))
     per_worker = [
         [shards.shards[i] for i in order[rank::world][w::workers]] for w in range(workers)
     ]
     available = [sum(s.samples - s.skip for s in own) for own in per_worker]
     shares = split_batches(steps, available)
-    before = batches_before(shares, start_batch)
-    return per_worker[worker], shares[worker], before[worker]
+    before, turn = batches_before(shares, start_batch)
+    part = (worker + turn) % workers
+    return part, per_worker[part], shares[part], before[part]
 
 
 def split_batches(steps: int, available: list[int]) -> list[int]:
@@ -165,17 +171,18 @@ def split_batches(steps: int, available: list[int]) -> list[int]:
     return shares
 
 
-def batches_before(shares: list[int], start_batch: int) -> list[int]:
-    """How many of the first `start_batch` batches each worker gave: the DataLoader takes
-    batches from its workers in turn, passing over those that are done."""
+def batches_before(shares: list[int], start_batch: int) -> tuple[list[int], int]:
+    """How many of the first `start_batch` batches each worker gave, and whose turn is next:
+    the DataLoader takes batches from its workers in turn, passing over those that are done."""
     done = [0] * len(shares)
-    left = min(int(start_batch), sum(shares))
+    left, turn = min(int(start_batch), sum(shares)), 0
     while left:
         for w, share in enumerate(shares):
             if left and done[w] < share:
                 done[w] += 1
                 left -= 1
-    return done
+                turn = (w + 1) % len(shares)
+    return done, turn
 
 
 def _passes(shards: list, size: int, rng: np.random.Generator, pool: _Pool) -> Iterator:
