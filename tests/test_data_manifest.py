@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,12 @@ def test_pretrain_refuses_a_manifest_without_a_path_column(folder, tmp_path):
     (folder / "nopath.csv").write_text("file\nimages/img_000.png\n")
     code = run_cli("pretrain", str(folder / "nopath.csv"), "--out", str(tmp_path / "r"), *TINY)
     assert code == 2 and not (tmp_path / "r").exists()
+
+
+def test_inspect_reads_a_manifest_like_a_folder(folder, capsys):
+    assert run_cli("inspect", str(write_labels_csv(folder)), "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["image_count"] == 24 and out["readable_count"] == 23
+    assert out["unreadable"] == [
+        {"path": "images/gone.png", "reason": "missing file or broken symlink"}
+    ]

@@ -243,3 +243,14 @@ def test_torchrun_two_ranks_see_every_sample_once_per_epoch(pattern, tmp_path):
         ids = [i for row in rows if row["step"] // 4 == epoch for i in row["indices"]]
         assert sorted(ids) == list(range(32))  # each sample once, over both ranks
     assert all(len(row["indices"]) == 4 for row in rows)
+
+
+def test_inspect_reads_shards_and_lists_their_bad_samples(tmp_path, capsys):
+    data = write_wds_shards(tmp_path / "bad", shards=2, per=4, bad={(0, 1)})
+    assert run_cli("inspect", data, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["samples"], out["read_count"], out["readable_count"]) == (8, 8, 7)
+    assert out["members"] == {"cls": 8, "png": 8} and out["counts"] == "counted"
+    assert out["unreadable"] == [
+        {"path": "train-0000.tar/s0-001.png", "reason": "not an image (unrecognised file format)"}
+    ]

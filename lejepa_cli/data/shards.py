@@ -88,7 +88,7 @@ class ShardSet:
         sides = []
         for raw in iter_set(self.shards, limit):
             try:
-                sides.append(min(_header(image_member(raw)[1]).size))
+                sides.append(min(open_image_bytes(image_member(raw)[1]).size))
             except (DecodeError, OSError, ValueError):
                 continue
         if not sides:
@@ -320,7 +320,8 @@ def _meta(name: str) -> bool:
 # ----------------------------------------------------------------------------- decoding
 
 
-def _header(data: bytes):
+def open_image_bytes(data: bytes):
+    """A shard member opened lazily (header only) by Pillow; DecodeError with the reason."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -342,7 +343,7 @@ def load_rgb_bytes(data: bytes, min_side: int | None = None):
     DecodeError with the reason otherwise."""
     from lejepa_cli.data import decode
 
-    img = _header(data)
+    img = open_image_bytes(data)
     try:
         return decode._decode(img, min_side)
     except DecodeError:
