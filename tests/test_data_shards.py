@@ -3,12 +3,15 @@ stream, bad samples, resume, and `lejepa shard`."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
+import threading
 from pathlib import Path
 
 import fsspec
@@ -156,6 +159,26 @@ def test_shards_through_fsspec(pattern, scheme):
     assert len(shards) == 32 and shards.counted
     stream = ShardStream(shards, MultiCrop(CROPS), seed=0, dist=DistInfo(), buffer=3)
     ids, skipped = epoch_ids(stream, 0, 8, 0)
+    assert sorted(ids) == list(range(32)) and not skipped
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_shards_through_pipe_and_http(pattern):
+    folder = Path(open_shards(pattern).shards[0].url).parent
+    assert len(open_data(f"pipe:cat {folder}/train-{{0000..0003}}.tar")) == 32
+    handler = functools.partial(_QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/train-{{0000..0003}}.tar"
+        stream = ShardStream(open_data(url), MultiCrop(CROPS), seed=0, dist=DistInfo())
+        ids, skipped = epoch_ids(stream, 0, 8, 0)
+    finally:
+        server.shutdown()
     assert sorted(ids) == list(range(32)) and not skipped
 
 
