@@ -74,9 +74,11 @@ class PretrainConfig:
     data: str = field(
         default="",
         metadata=flag(
-            "Folder of images (searched recursively). Optional with --resume.",
+            "Folder of images (searched recursively), a manifest (.csv with a path column, or "
+            ".txt, one path a line), or WebDataset shards (shards.json, a .tar brace pattern, a "
+            "list of .tar, or an s3://, gs://, http(s):// or pipe: URL). Optional with --resume.",
             metavar="DATA",
-            cli_type=Path,
+            cli_type=str,
         ),
     )
     out: str = field(

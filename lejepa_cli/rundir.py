@@ -132,22 +132,32 @@ def run_of(ckpt: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------- what a path is
 
-Kind = Literal["run", "checkpoint", "export", "weights", "folder"]
+Kind = Literal["run", "checkpoint", "export", "weights", "folder", "manifest", "shards"]
 
 
-def kind_of(path: Path) -> Kind:
-    """What a path given on the command line is.
+def kind_of(path: str | Path) -> Kind:
+    """What a path (or a shard URL) given on the command line is.
 
     - 'export': a folder with config.json and model.safetensors (`lejepa export`);
     - 'checkpoint': a folder with meta.json (one of RUN/checkpoints/, or a copy of one);
     - 'run': a folder with config.yaml or checkpoints/ (`lejepa pretrain --out`);
     - 'weights': any .safetensors file, a checkpoint's own model.safetensors included (inspect
       describes it; the commands that load an encoder ask for its folder or run instead);
-    - 'folder': any other folder (an image folder, for inspect and the data commands).
+    - 'folder': any other folder (an image folder, for inspect and the data commands);
+    - 'manifest': a .csv or .txt file listing images (data.manifest);
+    - 'shards': WebDataset shards: a .tar, a brace pattern, a list of shards, shards.json or a
+      URL (data.sources).
 
     A missing path or another kind of file is a UsageError that says what to pass.
     """
+    from lejepa_cli.data.manifest import is_manifest
+    from lejepa_cli.data.sources import is_shards
+
+    if is_shards(str(path)):
+        return "shards"
     path = Path(path)
+    if path.is_file() and is_manifest(path):
+        return "manifest"
     if not path.exists():
         raise UsageError(
             f"no such file or folder: {path}; pass an image folder, a run directory, a "

@@ -549,7 +549,7 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
     training. Returns the records, oldest checkpoint first.
     """
     from lejepa_cli import config
-    from lejepa_cli.data.scan import scan_folder
+    from lejepa_cli.data.sources import open_data
     from lejepa_cli.errors import RunDirError
     from lejepa_cli.model import LeJEPAModel, build_backbone, data_spec
 
@@ -560,7 +560,7 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
             f"{run_dir}/config.yaml has unresolved crop sizes (auto); score a run written by "
             "`lejepa pretrain`, which records the sizes it used"
         )
-    index = scan_folder(cfg.data)
+    index = open_data(cfg.data)
     count = config.resolve_holdout(cfg, len(index)) if cfg.holdout == config.AUTO else cfg.holdout
     cfg = cfg.replace(holdout=int(count))
     _, holdout = split_holdout(index, int(count))

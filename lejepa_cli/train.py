@@ -33,6 +33,7 @@ import torch
 from lejepa_cli import checkpoint, config, devices, distributed, rundir
 from lejepa_cli.config import PretrainConfig
 from lejepa_cli.data import record as folder_record
+from lejepa_cli.data.sources import absolute_data
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import Interrupted, RunDirError, UsageError, require_utf8_path
 from lejepa_cli.model import LeJEPAModel, check_arch
@@ -145,7 +146,7 @@ def resolve_config(
     overrides = {**overrides, "out": str(out_path)}
     for key in ("data", "labels"):  # anything else is left for config.build to refuse
         if isinstance(overrides.get(key), (str, Path)) and overrides[key]:
-            overrides[key] = str(Path(overrides[key]).expanduser().absolute())
+            overrides[key] = absolute_data(str(overrides[key]))  # URLs are left as they are
             require_utf8_path("DATA" if key == "data" else "--labels", overrides[key])
     if not resume:
         if not overrides.get("data"):
@@ -336,10 +337,12 @@ def train_run(
     """Open the records and callbacks, then train epoch by epoch to the end or a stop."""
     cfg, spe, dist = plan.cfg, plan.steps_per_epoch, parts.dist
     total_steps = pos.total_steps(spe, cfg.epochs)
-    dataset = train_dataset(plan.train, cfg)
+    dataset = train_dataset(plan.train, cfg, dist)
     keeper, scorer, skipped = session.open(plan, pos, parts, request)
     for line in describe(plan, pos, parts.dist.world_size, parts.device.type):
         session.events.on_message(line)
+    if hasattr(dataset, "describe"):  # shards: how they are read, what a resume repeats
+        session.events.on_message(dataset.describe())
     if request.resume and dist.is_main:
         scorer.score_unscored()
     distributed.barrier()

@@ -63,3 +63,16 @@ def test_bench_neighbours_checks_agreement_and_extrapolates(capsys):
         ("full N x N, extrapolated", "300"),
     ]
     assert "x9 = (N / n)^2" in out and re.search(r"ratio at N = 300: chunked takes [\d.]+x", out)
+
+
+def test_bench_shards_compares_folder_and_shards_on_the_same_images(capsys):
+    _load("bench_shards").main(["--quick"])
+    out = capsys.readouterr().out
+    assert "300 JPEGs of 96-160 px in 100 folders" in out
+    rows = re.findall(r"^(.+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", out, flags=re.M)
+    assert [name.strip() for name, *_ in rows] == [
+        "folder -> multi-crop (baseline)",
+        "shards -> multi-crop",
+        "lejepa shard (decode check + tar)",
+    ]
+    assert float(rows[0][3]) == 1.0 and all(float(ms) > 0 for _, ms, _, _ in rows)

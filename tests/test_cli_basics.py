@@ -81,7 +81,7 @@ def test_command_help_reflows_docstring_paragraphs():
         "First line.\n\nTwo lines.\n\nNext."
     )
     helps = {info.callback.__name__: info.help for info in app.registered_commands}
-    assert len(helps) == 6 and all(helps.values())
+    assert len(helps) == 7 and all(helps.values())
     for text in helps.values():
         assert all("\n" not in p for p in text.split("\n\n")), text
 
@@ -89,7 +89,7 @@ def test_command_help_reflows_docstring_paragraphs():
 def test_each_command_help_exits_zero_and_names_its_arguments():
     for command, metavar in (("pretrain", "[DATA]"), ("probe", "RUN_OR_EXPORT"),
                              ("export", "RUN"), ("embed", "FOLDER"), ("inspect", "paths"),
-                             ("explore", "FOLDER")):  # fmt: skip
+                             ("explore", "FOLDER"), ("shard", "DATA")):  # fmt: skip
         proc = _run(command, "--help")
         assert proc.returncode == 0, proc.stderr
         assert f"lejepa {command}" in proc.stdout and metavar in proc.stdout

@@ -93,14 +93,14 @@ def testkind_of(tmp_path):
     (export / "model.safetensors").write_bytes(b"")
     (export / "config.json").write_text("{}")
     (tmp_path / "weights.safetensors").write_bytes(b"")
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.md").write_text("x")  # a .txt or .csv is a manifest of images
     assert kind_of(run) == "run"
     assert kind_of(ckpt) == "checkpoint"
     assert kind_of(tmp_path / "weights.safetensors") == "weights"
     assert kind_of(export) == "export"
     assert kind_of(tmp_path) == "folder"
     with pytest.raises(UsageError, match="is a file"):
-        kind_of(tmp_path / "notes.txt")
+        kind_of(tmp_path / "notes.md")
     with pytest.raises(UsageError, match="no such file or folder"):
         kind_of(tmp_path / "missing")
 

@@ -6,6 +6,7 @@ from lejepa_cli.cli import export as _export  # noqa: F401  (registers the comma
 from lejepa_cli.cli import inspect as _inspect  # noqa: F401  (registers the command)
 from lejepa_cli.cli import pretrain as _pretrain  # noqa: F401  (registers the command)
 from lejepa_cli.cli import probe as _probe  # noqa: F401  (registers the command)
+from lejepa_cli.cli import shard as _shard  # noqa: F401  (registers the command)
 from lejepa_cli.cli.base import app, main, reflow_help
 
 # Typer's rich help keeps the single line breaks of a docstring's later paragraphs; reflow them.

@@ -21,8 +21,10 @@ _SHOWN_BAD_FILES = 100  # the rest are in --json
 
 @app.command("inspect", no_args_is_help=True)
 def inspect_command(
-    paths: list[Path] = typer.Argument(
-        ..., help="Image folders, or run directories, checkpoints and exports (one or more)."
+    paths: list[str] = typer.Argument(
+        ...,
+        help="Image folders, manifests or WebDataset shards, or run directories, checkpoints "
+        "and exports (one or more).",
     ),
     json_out: bool = typer.Option(
         False, "--json", help="Print machine-readable JSON instead of tables."
@@ -34,8 +36,11 @@ def inspect_command(
     """Describe image folders (counts, sizes, channels, bad files, crop sizes, mean/std),
     or runs, checkpoints and exports (config, progress, ranking, metadata)."""
     kinds = [rundir.kind_of(p) for p in paths]
-    folders = [p for p, k in zip(paths, kinds, strict=True) if k == "folder"]
-    artifacts = [p for p, k in zip(paths, kinds, strict=True) if k != "folder"]
+    if "shards" in kinds:
+        return _inspect_shards(paths, kinds, json_out, sample)
+    images = ("folder", "manifest")
+    folders = [Path(p) for p, k in zip(paths, kinds, strict=True) if k in images]
+    artifacts = [Path(p) for p, k in zip(paths, kinds, strict=True) if k not in images]
     if folders and artifacts:
         raise UsageError(
             "inspect image folders and runs/checkpoints/exports in separate calls "
@@ -127,3 +132,51 @@ def _render_folder(report, console) -> None:
         )
     else:
         console.print("[green]no unreadable files[/green]")
+
+
+def _inspect_shards(paths: list[str], kinds: list[str], json_out: bool, sample: int) -> None:
+    """Shards are described on their own: their first `sample` samples are read."""
+    from rich.console import Console
+
+    from lejepa_cli.data.shard_stats import inspect_shards
+
+    if any(k != "shards" for k in kinds):
+        raise UsageError("inspect shards and other paths in separate calls")
+    reports = [inspect_shards(p, sample_size=sample) for p in paths]
+    if json_out:
+        data = [r.to_dict() for r in reports]
+        typer.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        return
+    for report in reports:
+        _render_shards(report, Console(highlight=False))
+
+
+def _render_shards(r, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"Shards {escape(r.source)}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("samples", f"{r.samples:,} in {r.shard_count:,} shard(s) ({r.counts})")
+    table.add_row("per shard", f"{r.smallest_shard:,} to {r.largest_shard:,} samples")
+    table.add_row("read", f"the first {r.read_count:,}; {r.readable_count:,} readable")
+    table.add_row("members", escape(", ".join(f"{k} {n:,}" for k, n in r.members.items())))
+    for name, side in (("width px", r.width), ("height px", r.height)):
+        if side:
+            table.add_row(name, f"min {side['min']}, median {side['median']:g}, max {side['max']}")
+    table.add_row("modes", ", ".join(f"{m} {n:,}" for m, n in r.modes.items()))
+    if r.suggested_global_size is not None:
+        table.add_row(
+            "suggested crops",
+            f"--global-size {r.suggested_global_size} --local-size {r.suggested_local_size} "
+            f"(typical shorter side {r.typical_side} px)",
+        )
+    console.print(table)
+    if r.unreadable:
+        console.print(f"[bold red]{len(r.unreadable):,} unreadable sample(s)[/bold red]")
+        for path, reason in r.unreadable[:_SHOWN_BAD_FILES]:
+            console.print(f"  {path}: {reason}", markup=False, soft_wrap=True)
+        console.print("These samples are skipped during training and listed in skipped.txt.")
+    else:
+        console.print("[green]no unreadable samples[/green]")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from lejepa_cli.data.decode import DecodeError, load_rgb_with_header
+from lejepa_cli.data.manifest import is_manifest, read_manifest
 from lejepa_cli.data.multicrop import suggest_crop_sizes
 from lejepa_cli.data.scan import scan_folder
 from lejepa_cli.errors import UnreadableDataError
@@ -65,7 +66,7 @@ def _histogram_label(lo: int, hi: int | None) -> str:
 def inspect_folder(root: str | Path, sample_size: int = 2000, seed: int = 0) -> FolderReport:
     """Scan `root` and read up to `sample_size` of its images (a seeded random sample)."""
     start = time.perf_counter()
-    index = scan_folder(root, arg="PATHS")
+    index = read_manifest(root, "PATHS") if is_manifest(root) else scan_folder(root, arg="PATHS")
     n = len(index)
     sampled = n > sample_size
     if sampled:
@@ -174,6 +175,8 @@ def typical_side(index, limit: int = 256) -> int:
     and `lejepa inspect`'s suggested sizes both follow."""
     from lejepa_cli.data.decode import image_size
 
+    if hasattr(index, "typical_side"):  # shards: the first images' headers (data.shards)
+        return index.typical_side(limit)
     n = len(index)
     picks = np.random.default_rng(0).choice(n, size=min(n, limit), replace=False)
     sides = []

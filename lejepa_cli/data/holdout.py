@@ -18,6 +18,8 @@ def split_holdout(index, count: int):
     Depends on the folder only, not on the seed: runs on the same folder hold out the same
     images, and their scores compare. count <= 0 gives an empty holdout.
     """
+    if hasattr(index, "split_holdout"):  # shards: the first samples (data.shards)
+        return index.split_holdout(count)
     n = len(index)
     count = max(0, min(int(count), n))
     keys = np.fromiter(

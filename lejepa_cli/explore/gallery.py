@@ -50,12 +50,16 @@ class _Skip(Exception):
 def _holdout(run_dir: Path):
     from lejepa_cli import config, rundir
     from lejepa_cli.data.holdout import split_holdout
-    from lejepa_cli.data.scan import scan_folder
+    from lejepa_cli.data.sources import open_data
+    from lejepa_cli.errors import LejepaError
 
     cfg = rundir.read_config(run_dir)
-    if not cfg.data or not Path(cfg.data).is_dir():
+    try:
+        index = open_data(cfg.data) if cfg.data else None
+    except LejepaError:
+        index = None
+    if index is None:
         raise _Skip(f"skipped: the run's images ({cfg.data or 'none recorded'}) are not available")
-    index = scan_folder(cfg.data)
     if cfg.holdout == config.AUTO:
         count = config.resolve_holdout(cfg, len(index))
     else:

@@ -12,21 +12,24 @@ import numpy as np
 import torch
 
 from lejepa_cli.config import PretrainConfig
+from lejepa_cli.data import sources
 from lejepa_cli.data.dataset import MultiCropDataset, collate_multicrop
 from lejepa_cli.data.holdout import multicrop_config
 from lejepa_cli.data.multicrop import MultiCrop
-from lejepa_cli.data.scan import ImageIndex, scan_folder
+from lejepa_cli.data.sources import open_data
 from lejepa_cli.distributed import DistInfo
 
 
-def open_images(cfg: PretrainConfig) -> ImageIndex:
-    """The images the run draws from (DATA, searched recursively)."""
-    return scan_folder(cfg.data)
+def open_images(cfg: PretrainConfig):
+    """The images the run draws from: an ImageIndex for a folder (searched recursively) or a
+    manifest, a ShardSet for WebDataset shards (see data.sources)."""
+    return open_data(cfg.data)
 
 
-def train_dataset(train: ImageIndex, cfg: PretrainConfig) -> MultiCropDataset:
-    """The training images as uint8 multi-crop samples."""
-    return MultiCropDataset(train, MultiCrop(multicrop_config(cfg)), seed=cfg.seed)
+def train_dataset(train, cfg: PretrainConfig, dist: DistInfo):
+    """The training images as uint8 multi-crop samples: a map-style dataset over an ImageIndex,
+    a per-rank stream over shards (which builds its own epoch loader)."""
+    return sources.train_dataset(train, MultiCrop(multicrop_config(cfg)), cfg.seed, dist)
 
 
 class EpochSampler(torch.utils.data.Sampler):
@@ -63,6 +66,10 @@ def epoch_loader(
 ) -> torch.utils.data.DataLoader:
     """This rank's batches of `epoch`, from `start_batch` of its order on."""
     dataset.set_epoch(epoch)
+    if hasattr(dataset, "epoch_loader"):  # shards: a stream per rank and loader worker
+        return dataset.epoch_loader(
+            cfg.batch_size // dist.world_size, start_batch, int(cfg.workers), device.type == "cuda"
+        )
     sampler = EpochSampler(len(dataset), cfg.batch_size, cfg.seed, epoch, dist, start_batch)
     return torch.utils.data.DataLoader(
         dataset,
