@@ -22,9 +22,6 @@ from lejepa_cli import atomic, rundir
 from lejepa_cli.errors import CheckpointError
 
 # The names and readers of the layout that train.py still takes from here (see rundir).
-CHECKPOINTS, LAST, TRAIN_STATE = rundir.CHECKPOINTS, rundir.LAST, rundir.TRAIN_STATE
-epoch_name, step_name = rundir.epoch_name, rundir.step_name
-list_checkpoints, last, is_own_name = rundir.list_checkpoints, rundir.last, rundir.is_own_name
 
 
 def save(
@@ -52,7 +49,7 @@ def save(
     try:
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
         save_tensors(tensors, tmp / rundir.WEIGHTS, {"format": "pt"})
-        save_train_state(train_state, tmp / TRAIN_STATE)
+        save_train_state(train_state, tmp / rundir.TRAIN_STATE)
         (tmp / rundir.META).write_text(
             json.dumps({**meta, "name": name, "saved_at": time.time()}, indent=2)
         )
@@ -75,7 +72,7 @@ def save(
     else:
         os.replace(tmp, final)
     atomic.fsync_dir(root)
-    atomic.write_json_atomic(root / LAST, {"name": name})
+    atomic.write_json_atomic(root / rundir.LAST, {"name": name})
     return final
 
 
@@ -99,12 +96,6 @@ def float_mismatch(own: dict[str, torch.Tensor], weights: dict[str, torch.Tensor
         ),
         None,
     )
-
-
-def read_meta(ckpt: Path) -> dict[str, Any]:
-    """meta.json as written, checked by `rundir.CheckpointMeta` (train.py's resume reads it as a
-    mapping; every other reader takes the record from `rundir.read_meta`)."""
-    return rundir.read_meta(ckpt).raw
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -146,7 +137,7 @@ def damage(ckpt: Path) -> str | None:
     problem = rundir.meta_problem(ckpt)
     if problem is not None:
         return problem
-    for name in (rundir.WEIGHTS, TRAIN_STATE):
+    for name in (rundir.WEIGHTS, rundir.TRAIN_STATE):
         problem = safetensors_problem(ckpt / name)
         if problem is not None:
             return f"{name} is {problem}"
@@ -280,7 +271,7 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
     """The optimizer state, RNG states and step saved beside a checkpoint's weights."""
     from safetensors import safe_open
 
-    path = Path(ckpt) / TRAIN_STATE
+    path = Path(ckpt) / rundir.TRAIN_STATE
     if not path.is_file():
         if (Path(ckpt) / "train_state.pt").is_file():
             raise CheckpointError(

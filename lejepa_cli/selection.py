@@ -62,7 +62,6 @@ SCORE_VERSION = 2  # bump when the score's definition changes: old and new do no
 
 REPORT_PROBE_LR = 1e-2  # linear-probe learning rate for the per-checkpoint probe with --labels
 # train.py takes these names from here until it asks rundir for them.
-SELECTION_FILE, REPORT_JSON, REPORT_HTML = rundir.SELECTION, rundir.REPORT_JSON, rundir.REPORT_HTML
 
 # What must match for two held-out scores to compare (lam may differ: it is normalised).
 COMPARABLE_KEYS = (

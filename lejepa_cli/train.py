@@ -154,7 +154,7 @@ def resolve_config(
         return config.build(overrides), []
     _check_resumable(out_path)
     # --max-steps applies to one invocation: a resume runs on unless it is given again.
-    saved = config.read_saved(out_path / rundir.CONFIG).replace(max_steps=None)
+    saved = rundir.read_config(out_path).replace(max_steps=None)
     cfg = config.build(overrides, base=saved)
     changes = config.diff(saved, cfg)
     if changes and not force:
@@ -243,7 +243,7 @@ def restore_run(
     ckpt = rundir.last(Path(plan.cfg.out))
     step = restore(ckpt, model, optimizer, device, plan.cfg.arch)
     return resume_position(
-        checkpoint.read_meta(ckpt),
+        rundir.read_meta(ckpt),
         step,
         plan.steps_per_epoch,
         plan.cfg.batch_size,

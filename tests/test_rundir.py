@@ -58,7 +58,9 @@ def test_kind_of_names_every_kind(tmp_path):
     bare.write_bytes(b"")
     images = tmp_path / "images"
     images.mkdir()
-    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "notes.md").write_text("x")
+    (tmp_path / "list.txt").write_text("images/a.png\n")
+    (tmp_path / "labels.csv").write_text("path,label\nimages/a.png,0\n")
 
     assert rundir.kind_of(run) == "run"
     assert rundir.kind_of(ckpt) == "checkpoint"  # not a run, despite its config.yaml
@@ -68,8 +70,12 @@ def test_kind_of_names_every_kind(tmp_path):
     assert rundir.kind_of(images) == "folder"
     with pytest.raises(UsageError, match="no such file or folder"):
         rundir.kind_of(tmp_path / "missing")
+    assert rundir.kind_of(tmp_path / "list.txt") == "manifest"
+    assert rundir.kind_of(tmp_path / "labels.csv") == "manifest"
+    assert rundir.kind_of(tmp_path / "train-{0000..0003}.tar") == "shards"
+    assert rundir.kind_of("s3://bucket/train-{0000..0003}.tar") == "shards"
     with pytest.raises(UsageError, match="is a file"):
-        rundir.kind_of(tmp_path / "notes.txt")
+        rundir.kind_of(tmp_path / "notes.md")
 
 
 def test_a_run_of_checkpoints_alone_is_a_run(tmp_path):

@@ -36,7 +36,7 @@ def diverged_message(what: str, last_ckpt: Path | None, steps_done: int | None) 
     where = f"the last good checkpoint is {last_ckpt or 'none'}"
     if last_ckpt is not None and steps_done is not None:
         with contextlib.suppress(Exception):
-            if int(checkpoint.read_meta(last_ckpt)["step"]) == steps_done:
+            if rundir.read_meta(last_ckpt).step == steps_done:
                 where = (
                     f"the last checkpoint, {last_ckpt}, was written just before this step and "
                     "may already hold the diverging update"

@@ -4,11 +4,11 @@ the list of unreadable files (skipped.txt). Other ranks write nothing."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
+from lejepa_cli import atomic
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.training.callbacks import Callback, CheckpointInfo
 
@@ -129,9 +129,7 @@ class SkippedRecord:
     def write(self) -> None:
         if self.enabled:
             text = "".join(f"{p}\t{r}\n" for p, r in sorted(self.items.items()))
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text(text, **_TEXT)
-            os.replace(tmp, self.path)
+            atomic.write_text_atomic(self.path, text, sync=False, errors="surrogateescape")
 
 
 def _gather(local: list, dist: DistInfo) -> list:

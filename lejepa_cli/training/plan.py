@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from lejepa_cli import config, devices
+from lejepa_cli import config, devices, rundir
 from lejepa_cli.config import AUTO, PretrainConfig
 from lejepa_cli.data.holdout import split_holdout
 from lejepa_cli.data.scan import ImageIndex
@@ -128,7 +128,7 @@ def local_world(dist: DistInfo) -> int:
 
 
 def resume_position(
-    meta: dict[str, Any], step: int, steps_per_epoch: int, batch_size: int, num_train: int
+    meta: rundir.CheckpointMeta, step: int, steps_per_epoch: int, batch_size: int, num_train: int
 ) -> Position:
     """Where a resume continues, from the checkpoint's meta.json and step.
 
@@ -137,13 +137,13 @@ def resume_position(
     the epoch the checkpoint was in, at the same place in that epoch's sample order, rounded
     down to a whole batch (a few images may be seen twice; none and no epoch is skipped).
     """
-    seen = int(meta.get("images_seen", step * batch_size))
-    old_batch = int(meta.get("batch_size") or (seen // step if step else batch_size))
-    old_train = int(meta.get("num_train_images", num_train))
-    epoch = int(meta.get("epoch", 0))
-    if "epoch_images" in meta:
-        into = int(meta["epoch_images"])
-    elif str(meta.get("name", "")).startswith("epoch-"):
+    seen = step * batch_size if meta.images_seen is None else meta.images_seen
+    old_batch = meta.batch_size or (seen // step if step else batch_size)
+    old_train = num_train if meta.num_train_images is None else meta.num_train_images
+    epoch = meta.epoch or 0
+    if meta.epoch_images is not None:
+        into = meta.epoch_images
+    elif str(meta.name or "").startswith("epoch-"):
         into = 0
     else:  # checkpoints without epoch_images: the images of the epochs before, as cut then
         into = seen - epoch * (old_train // max(1, old_batch)) * old_batch
