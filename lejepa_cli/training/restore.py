@@ -44,14 +44,14 @@ def load_weights(ckpt: Path, model: LeJEPAModel, arch: str) -> None:
         weights = checkpoint.load_weights(ckpt)
     except CheckpointError:
         raise CheckpointError(
-            f"{ckpt}/model.safetensors cannot be read, so the run cannot resume there; "
+            f"{ckpt}/{rundir.WEIGHTS} cannot be read, so the run cannot resume there; "
             + checkpoint.damaged_fix(ckpt)
         ) from None
     own = model.state_dict()
     key = checkpoint.float_mismatch(own, weights)
     if key is not None:
         raise CheckpointError(
-            f"{ckpt}/model.safetensors holds {key} as {weights[key].dtype}, not "
+            f"{ckpt}/{rundir.WEIGHTS} holds {key} as {weights[key].dtype}, not "
             f"{own[key].dtype}; the file was altered: " + checkpoint.damaged_fix(ckpt)
         )
     try:
