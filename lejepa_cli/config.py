@@ -48,6 +48,11 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     "blur_sigma": [0.1, 2.0],  # pixels of the output view
     "solarize_p": 0.2,
     "solarize_threshold": 128,
+    # for images that are not 3-channel, in place of colour jitter, grayscale and solarize
+    "channel_jitter_p": 0.8,
+    "channel_brightness": 0.4,
+    "channel_contrast": 0.4,
+    "channel_dropout_p": 0.2,
 }
 _AUGMENT_PAIRS = ("ratio", "blur_sigma")
 
@@ -76,6 +81,11 @@ class PretrainConfig:
     local_scale: tuple[float, float] = (0.05, 0.3)
     crop_pct: float | str = AUTO  # eval view: share of the image kept; auto: timm's (0.875/0.9)
     augment: dict[str, Any] = field(default_factory=lambda: dict(AUGMENT_DEFAULTS))
+    channels: int | str = AUTO  # input channels; auto: the folder's count (3 for 8-bit images)
+    intensity: str = AUTO  # dataset, per-image or asinh; auto: dataset above 8 bits
+    asinh_softening: float = 0.1  # --intensity asinh: where the stretch turns from linear to log
+    fits_hdu: int | None = None  # FITS: the HDU to read; default the first that holds an image
+    pixels: dict[str, Any] | None = None  # resolved by the run: channels, mapping, mean, std
     seed: int = 0
     workers: int | str = AUTO  # DataLoader workers per process
     device: str = AUTO  # auto: cuda when available, else cpu
@@ -196,12 +206,29 @@ def _coerce_log_to(value: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _coerce_pixels(value: Any) -> dict[str, Any] | None:
+    """The `pixels:` record a run writes (never a flag): checked, as it is read back."""
+    if value is None:
+        return None
+    from lejepa_cli.data.pixels import PixelSpec
+
+    try:
+        return PixelSpec.from_dict(value).to_dict()
+    except (KeyError, TypeError, ValueError, AttributeError, UsageError):
+        raise UsageError(
+            f"invalid pixels record {short_repr(value)}: remove it to have the run measure "
+            "the folder again"
+        ) from None
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Type-check one value against the field's annotation, accepting 'auto' where allowed."""
     if name == "augment":
         return _coerce_augment(value if value is not None else {})
     if name == "log_to":
         return _coerce_log_to(value if value is not None else [])
+    if name == "pixels":
+        return _coerce_pixels(value)
     default = _FIELDS[name].default
     annotation = str(_FIELDS[name].type)
     if value is None:
@@ -295,6 +322,7 @@ def validate(cfg: PretrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    _validate_pixels(cfg)
     if cfg.crop_pct != AUTO and not MIN_CROP_PCT <= float(cfg.crop_pct) <= 1:
         raise UsageError(f"--crop-pct must be 'auto' or a number from {MIN_CROP_PCT} to 1")
     for name in ("weight_decay", "warmup_epochs"):
@@ -315,6 +343,20 @@ def validate(cfg: PretrainConfig) -> None:
         if name in maximum and value != AUTO and int(value) > maximum[name]:
             unit = " pixels" if name.endswith("size") else ""
             raise UsageError(f"{flag} must be 'auto' or at most {maximum[name]}{unit}")
+
+
+def _validate_pixels(cfg: PretrainConfig) -> None:
+    """--channels, --intensity, --asinh-softening and --fits-hdu (lejepa_cli.data.pixels)."""
+    from lejepa_cli.data.channels import parse_channels
+    from lejepa_cli.data.intensity import MODES
+
+    parse_channels(cfg.channels)
+    if cfg.intensity not in (AUTO, *MODES):
+        raise UsageError(f"--intensity must be auto, {', '.join(MODES)}; got {cfg.intensity!r}")
+    if not 0 < cfg.asinh_softening < math.inf:
+        raise UsageError("--asinh-softening must be a number above 0 (0.1 is a common choice)")
+    if cfg.fits_hdu is not None and cfg.fits_hdu < 0:
+        raise UsageError("--fits-hdu is an HDU number, 0 (the primary HDU) or more")
 
 
 def augment_kwargs(augment: dict[str, Any]) -> dict[str, Any]:

@@ -116,11 +116,9 @@ def holdout_crops(holdout, position: int, cropper) -> dict[str, torch.Tensor]:
 
     Decoded as training decodes (possibly reduced to the cropper's `min_source_side`).
     """
-    from lejepa_cli.data.decode import load_rgb
-
     rng = np.random.default_rng((HOLDOUT_CROP_SEED, position))
-    img = load_rgb(holdout.abspath(position), min_side=cropper.min_source_side)
-    return cropper(img, rng)  # uint8 {"global_crops": (Vg, 3, G, G), "local_crops": ...}
+    img = cropper.read(holdout.abspath(position))
+    return cropper(img, rng)  # {"global_crops": (Vg, C, G, G), "local_crops": ...}
 
 
 # ----------------------------------------------------------------------------- the score
@@ -180,10 +178,11 @@ def evaluate_holdout(model, holdout, cfg, spec, device: torch.device) -> Heldout
     process alone.
     """
     from lejepa_cli.data.decode import DecodeError
-    from lejepa_cli.data.multicrop import MultiCrop, normalize
+    from lejepa_cli.data.holdout import training_cropper
+    from lejepa_cli.data.multicrop import normalize
     from lejepa_cli.objective import lejepa_loss
 
-    cropper = MultiCrop(multicrop_config(cfg))
+    cropper = training_cropper(cfg)
     was_training = model.training
     captured: list[torch.Tensor] = []
     # The projector's input is the backbone embedding: capture it instead of a second forward.
@@ -679,6 +678,7 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
     training. Returns the records, oldest checkpoint first.
     """
     from lejepa_cli import config
+    from lejepa_cli.data.pixels import in_chans
     from lejepa_cli.data.scan import scan_folder
     from lejepa_cli.errors import RunDirError
     from lejepa_cli.model import LeJEPAModel, build_backbone, data_spec
@@ -695,9 +695,9 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
     cfg = cfg.replace(holdout=int(count))
     _, holdout = split_holdout(index, int(count))
     device = torch.device(device)
-    backbone = build_backbone(cfg.arch, int(cfg.global_size))
+    backbone = build_backbone(cfg.arch, int(cfg.global_size), in_chans=in_chans(cfg.pixels))
     model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
-    spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct)
+    spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct, cfg.pixels)
     records = []
     for ckpt in ckpt_io.list_checkpoints(run_dir):
         model.load_state_dict(ckpt_io.load_weights(ckpt), strict=True)

@@ -429,8 +429,8 @@ class TrainStep:
         self.dist = dist
         self.total_steps = total_steps
         self.warmup_steps = int(round(float(cfg.warmup_epochs) * steps_per_epoch))
-        self.mean = torch.tensor(spec.mean, device=device).view(1, 1, 3, 1, 1)
-        self.std = torch.tensor(spec.std, device=device).view(1, 1, 3, 1, 1)
+        self.mean = torch.tensor(spec.mean, device=device).view(1, 1, -1, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, 1, -1, 1, 1)
         self.autocast = cfg.precision == "bf16" and device.type == "cuda"
         if device.type == "cuda":
             # NHWC weights and inputs: cuDNN's fast convolution kernels (a no-op for 2-D weights).
@@ -457,8 +457,11 @@ class TrainStep:
         )
 
     def normalize(self, views: torch.Tensor) -> torch.Tensor:
-        """uint8 (V, B, 3, H, W) -> float (V, B, 3, H, W) in the model's mean/std units."""
-        x = views.to(self.device, non_blocking=True).float().div_(255.0)
+        """uint8 (V, B, C, H, W) in 0-255, or float in 0-1 (runs with a pixels record) ->
+        float (V, B, C, H, W) in the model's mean/std units."""
+        x = views.to(self.device, non_blocking=True).float()
+        if views.dtype == torch.uint8:
+            x = x.div_(255.0)
         return (x - self.mean) / self.std
 
     def __call__(
@@ -768,8 +771,9 @@ def pretrain(
     file the overrides came from, which --overwrite must not delete.
     """
     from lejepa_cli.data.dataset import MultiCropDataset, collate_multicrop
-    from lejepa_cli.data.holdout import multicrop_config, split_holdout
-    from lejepa_cli.data.multicrop import MultiCrop
+    from lejepa_cli.data.holdout import split_holdout, training_cropper
+    from lejepa_cli.data.pixels import in_chans
+    from lejepa_cli.data.pixels import resolve_config as resolve_pixels
     from lejepa_cli.data.scan import scan_folder
     from lejepa_cli.report import write_report
     from lejepa_cli.selection import after_checkpoint
@@ -825,6 +829,7 @@ def pretrain(
             )
         # every check that needs the images runs before the run directory is touched
         cfg = resolve_auto(cfg, index, dist)
+        cfg = resolve_pixels(cfg, index)  # channels, intensity mapping, mean/std: data/pixels.py
         if cfg.batch_size % dist.world_size:
             raise UsageError(
                 f"--batch-size {cfg.batch_size} does not split evenly over {dist.world_size} "
@@ -858,12 +863,14 @@ def pretrain(
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", dist.local_rank)
         torch.manual_seed(cfg.seed)
-        backbone = build_backbone(cfg.arch, int(cfg.global_size), drop_path=cfg.drop_path)
+        backbone = build_backbone(
+            cfg.arch, int(cfg.global_size), drop_path=cfg.drop_path, in_chans=in_chans(cfg.pixels)
+        )
         if cfg.weight_decay == AUTO:  # the family decides: attention models take more decay
             cfg = cfg.replace(
                 weight_decay=config.resolve_weight_decay(cfg, is_transformer(backbone))
             )
-        spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct)
+        spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct, cfg.pixels)
         cfg = cfg.replace(crop_pct=spec.crop_pct)  # auto: the architecture's, written out
         check_patch_multiple(backbone, cfg)
         model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
@@ -934,7 +941,7 @@ def pretrain(
                 folder_record.save(run_dir / IMAGES_RECORD, image_keys)
         distributed.barrier()
 
-        dataset = MultiCropDataset(train_index, MultiCrop(multicrop_config(cfg)), seed=cfg.seed)
+        dataset = MultiCropDataset(train_index, training_cropper(cfg), seed=cfg.seed)
         runlog = _RunLog(run_dir, dist.is_main, start_step if resume else None)
         local_batch = cfg.batch_size // dist.world_size
 
@@ -1004,6 +1011,8 @@ def pretrain(
                         "std": list(spec.std),
                         "interpolation": spec.interpolation,
                         "crop_pct": spec.crop_pct,
+                        "in_chans": in_chans(cfg.pixels),
+                        "pixels": cfg.pixels,
                     },
                     "train": train_means,
                     "lam": cfg.lam,

@@ -67,7 +67,30 @@ def pretrain(
         "saturation, hue, grayscale_p, blur_p, blur_sigma (e.g. 0.1,2.0), solarize_p, "
         "solarize_threshold, ratio; e.g. --augment blur_p=0. Defaults: the paper's recipe. "
         "Off in the recipe: vflip_p (vertical flip) and rot90_p (a turn by 90, 180 or 270 "
-        "degrees), for images with no up and down.",
+        "degrees), for images with no up and down. Images that are not 3-channel get "
+        "channel_jitter_p, channel_brightness, channel_contrast and channel_dropout_p instead "
+        "of the colour settings.",
+    ),
+    channels: str | None = typer.Option(
+        None,
+        help="Input channels of the backbone, or auto: the folder's count (3 for 8-bit "
+        "images). A number N also turns 1-channel images into N channels.",
+        show_default="auto",
+    ),
+    intensity: str | None = typer.Option(
+        None,
+        help="How raw values become 0-1: dataset (per-channel 0.5-99.5 percentiles of the "
+        "folder), per-image (each image's own min and max) or asinh; auto: dataset above 8 bits.",
+        show_default="auto",
+    ),
+    asinh_softening: float | None = typer.Option(
+        None,
+        help="--intensity asinh: share of the dataset range where the stretch turns from "
+        "linear to logarithmic; smaller lifts faint structure more.",
+        show_default="0.1",
+    ),
+    fits_hdu: int | None = typer.Option(
+        None, help="FITS files: the HDU to read (default: the first that holds an image)."
     ),
     seed: int | None = typer.Option(None, help="Seed for init, order and crops.", show_default="0"),
     workers: str | None = typer.Option(
@@ -161,6 +184,10 @@ def pretrain(
         "local_scale": local_scale,
         "crop_pct": crop_pct,
         "augment": augment or None,
+        "channels": channels,
+        "intensity": intensity,
+        "asinh_softening": asinh_softening,
+        "fits_hdu": fits_hdu,
         "seed": seed,
         "workers": workers,
         "device": device,

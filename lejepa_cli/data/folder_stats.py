@@ -172,15 +172,17 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 def typical_side(index, limit: int = 256) -> int:
     """Median shorter side over a fixed sample of image headers: what `--global-size auto`
     and `lejepa inspect`'s suggested sizes both follow."""
-    from lejepa_cli.data.decode import image_size
+    from lejepa_cli.data.readers import MissingExtraError, read_header
 
     n = len(index)
     picks = np.random.default_rng(0).choice(n, size=min(n, limit), replace=False)
     sides = []
     for i in sorted(picks.tolist()):
         try:
-            w, h = image_size(index.abspath(i))[:2]
+            w, h = read_header(index.abspath(i))[:2]
             sides.append(min(w, h))
+        except MissingExtraError:  # a format whose reader is not installed: say which
+            raise
         except Exception:  # unreadable headers are counted by the dataset later
             continue
     if not sides:
