@@ -37,6 +37,7 @@ class Encoder:
     source: dict[str, Any]  # kind (run/checkpoint/export/random), path, checkpoint, step, epoch
     fingerprint: str  # sha256 of the weights file: keys the feature cache
     model_args: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments
+    pixels: dict[str, Any] | None = None  # raw file -> input (data/pixels.py); None: 8-bit RGB
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -73,10 +74,10 @@ _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"
 _SPEC_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 
 
-def _finite_triple(value: Any) -> bool:
+def _finite_list(value: Any, length: int) -> bool:
     return (
         isinstance(value, list)
-        and len(value) == 3
+        and len(value) == length
         and all(ckpt_io.is_finite_number(v) for v in value)
     )
 
@@ -90,17 +91,20 @@ def spec_from_meta(data: Any) -> DataSpec:
         if key not in data:
             raise ValueError(f"{key} is missing")
     size = data["input_size"]
+    channels = data.get("in_chans", 3)
     if isinstance(size, list):  # timm's [channels, height, width]
-        if len(size) != 3 or size[0] != 3 or size[1] != size[2]:
-            raise ValueError(f"input_size {size} is not [3, S, S]")
-        size = size[-1]
+        if len(size) != 3 or not ckpt_io.is_whole_number(size[0]) or size[1] != size[2]:
+            raise ValueError(f"input_size {size} is not [C, S, S]")
+        channels, size = size[0], size[-1]
+    if not ckpt_io.is_whole_number(channels) or not 1 <= channels <= 256:
+        raise ValueError(f"in_chans {channels} is not a channel count from 1 to 256")
     if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE:
         raise ValueError(f"input_size {size} is not a whole number from 1 to {MAX_SIZE}")
     mean, std = data["mean"], data["std"]
-    if not _finite_triple(mean):
-        raise ValueError(f"mean {mean} is not three finite numbers")
-    if not _finite_triple(std) or not all(v > 0 for v in std):
-        raise ValueError(f"std {std} is not three finite numbers above 0")
+    if not _finite_list(mean, channels):
+        raise ValueError(f"mean {mean} is not {channels} finite numbers")
+    if not _finite_list(std, channels) or not all(v > 0 for v in std):
+        raise ValueError(f"std {std} is not {channels} finite numbers above 0")
     interpolation = data["interpolation"]
     if interpolation not in _INTERPOLATIONS:
         raise ValueError(
@@ -244,7 +248,8 @@ def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
         )
     _known_arch(arch, f"checkpoint {ckpt}")
     weights = _read_weights(ckpt / WEIGHTS, prefix="backbone")
-    backbone = build_backbone(arch, img_size=size)
+    pixels = _pixels_of(meta["data"], f"{ckpt}/meta.json")
+    backbone = build_backbone(arch, img_size=size, in_chans=len(spec.mean))
     where = f"checkpoint {ckpt.name}"
     _check_tensors(backbone, weights, where, arch, ckpt / WEIGHTS)
     _load_strict(backbone, weights, where, arch)
@@ -263,7 +268,23 @@ def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
         },
         fingerprint=sha256_file(ckpt / WEIGHTS),
         model_args=model_args_of(backbone),
+        pixels=pixels,
     )
+
+
+def _pixels_of(data: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """The `pixels` record of a checkpoint's meta data or an export's lejepa section, checked."""
+    from lejepa_cli.data.pixels import PixelSpec
+
+    pixels = data.get("pixels")
+    if pixels is None:
+        return None
+    try:
+        return PixelSpec.from_dict(pixels).to_dict()
+    except (KeyError, TypeError, ValueError, AttributeError, UsageError):
+        raise CheckpointError(
+            f"{where} has an invalid pixels record; export or train the run again"
+        ) from None
 
 
 def read_export_config(export_dir: Path) -> dict[str, Any]:
@@ -402,6 +423,7 @@ def _from_export(export_dir: Path) -> Encoder:
         },
         fingerprint=fingerprint,
         model_args=model_args,
+        pixels=_pixels_of(cfg.get("lejepa") or {}, f"{export_dir}/config.json"),
     )
 
 
@@ -454,7 +476,9 @@ def random_encoder(like: Encoder, seed: int = 0) -> Encoder:
         if like.source.get("kind") == "export":
             backbone = _build(like.arch, like.model_args)
         else:  # built exactly as pretraining built it
-            backbone = build_backbone(like.arch, img_size=like.spec.input_size)
+            backbone = build_backbone(
+                like.arch, img_size=like.spec.input_size, in_chans=len(like.spec.mean)
+            )
     backbone.eval().requires_grad_(False)
     key = json.dumps([like.arch, like.model_args, seed], sort_keys=True, default=str)
     return Encoder(
@@ -472,4 +496,5 @@ def random_encoder(like: Encoder, seed: int = 0) -> Encoder:
         },
         fingerprint="random-" + hashlib.sha256(key.encode()).hexdigest(),
         model_args=dict(like.model_args),
+        pixels=like.pixels,
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,9 @@ from lejepa_cli.data.decode import DecodeError
 from lejepa_cli.data.intensity import DEFAULT_SOFTENING, IntensityMap, robust_range, sample_pixels
 from lejepa_cli.data.readers import SCIENCE_EXTENSIONS, RawHeader, read_header, read_raw
 from lejepa_cli.errors import DataError, UnreadableDataError
+
+if TYPE_CHECKING:
+    import torch
 
 HEADER_SAMPLE = 256  # headers read to learn the folder's channels and bit depth
 PIXEL_SAMPLE = 64  # images read in full to measure percentiles, mean and std
@@ -211,3 +215,51 @@ def _matches(pixels: dict | None, cfg) -> bool:
 def in_chans(pixels: dict | None) -> int:
     """The backbone's input channels for a run's recorded pixels (3 on the 8-bit path)."""
     return int(pixels["channels"]) if pixels else 3
+
+
+def eval_view(
+    image: np.ndarray, size: int, crop_pct: float, interpolation: str, mean, std
+) -> torch.Tensor:
+    """(H, W, C) float in 0-1 -> normalised (C, size, size): timm's eval transform for arrays.
+
+    As `timm.data.create_transform` does for an RGB image: the shorter side resized to
+    floor(size / crop_pct) (the longer one in proportion, rounded down), antialiased; the
+    centred size x size square kept; then (x - mean) / std per channel.
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # (1, C, H, W)
+    h, w = x.shape[-2:]
+    scale = math.floor(size / crop_pct)
+    new = (scale, int(scale * w / h)) if h <= w else (int(scale * h / w), scale)
+    mode = interpolation if interpolation in ("bilinear", "bicubic") else "bilinear"
+    x = F.interpolate(x, size=new, mode=mode, antialias=True, align_corners=False)
+    top, left = int(round((new[0] - size) / 2)), int(round((new[1] - size) / 2))
+    x = x[0, :, top : top + size, left : left + size]  # (C, size, size)
+    mean_t = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
+    return ((x - mean_t) / std_t).contiguous()
+
+
+class EvalImages:
+    """`images[i]` -> (view (C, S, S), ok, reason): the eval view of `lejepa embed` and `probe`
+    for an encoder with a pixels record (the 8-bit path uses timm's transform on PIL images)."""
+
+    def __init__(self, paths, spec, pixels: dict):
+        self.paths = paths  # numpy string array: nothing per sample for workers to copy
+        self.spec = spec  # model.DataSpec: size, crop_pct, interpolation, mean, std
+        self.pixels = PixelSpec.from_dict(pixels)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            image = self.pixels.read(str(self.paths[i]))  # (H, W, C) float in 0-1
+        except DecodeError as exc:
+            return None, False, exc.reason
+        s = self.spec
+        return eval_view(image, s.input_size, s.crop_pct, s.interpolation, s.mean, s.std), True, ""
