@@ -248,3 +248,67 @@ def test_eight_bit_folders_keep_the_rgb_path(tmp_path):
     assert plan(scan_folder(tmp_path)) is None
     spec = plan(scan_folder(tmp_path), intensity="dataset")  # asked for: x / 255, one channel
     assert spec.intensity.low == (0.0,) and spec.intensity.high == (255.0,)
+
+
+# ----------------------------------------------------------------------------- views
+
+
+def crop_config(**augment):
+    from lejepa_cli.data.multicrop import MultiCropConfig
+
+    off = dict(hflip_p=0.0, blur_p=0.0, channel_jitter_p=0.0, channel_dropout_p=0.0,
+               jitter_p=0.0, grayscale_p=0.0, solarize_p=0.0)  # fmt: skip
+    return MultiCropConfig(global_views=2, local_views=3, global_size=16, local_size=8,
+                           **{**off, **augment})  # fmt: skip
+
+
+def flat_image(values) -> np.ndarray:
+    """(24, 24, C) float32, channel c constant at values[c]."""
+    return np.broadcast_to(np.asarray(values, np.float32), (24, 24, len(values))).copy()
+
+
+def test_float_views_keep_channels_and_values():
+    from lejepa_cli.data.multicrop import MultiCrop
+
+    values = [0.1, 0.4, 0.7, 0.9]
+    out = MultiCrop(crop_config())(flat_image(values), np.random.default_rng(0))
+    assert (
+        out["global_crops"].shape == (2, 4, 16, 16) and out["global_crops"].dtype == torch.float32
+    )
+    assert out["local_crops"].shape == (3, 4, 8, 8)
+    # a flat image resizes to itself: every view holds the channel values, at full precision
+    np.testing.assert_allclose(out["global_crops"][0, :, 5, 5].numpy(), values, atol=1e-6)
+
+
+def test_rgb_operations_leave_other_channel_counts_alone():
+    from lejepa_cli.data.multicrop import MultiCrop
+
+    values = [0.1, 0.4, 0.7, 0.9]
+    crop = MultiCrop(crop_config(grayscale_p=1.0, solarize_p=1.0, jitter_p=1.0))
+    out = crop(flat_image(values), np.random.default_rng(0))
+    np.testing.assert_allclose(out["global_crops"][1, :, 3, 3].numpy(), values, atol=1e-6)
+    rgb = crop(flat_image([0.1, 0.4, 0.7]), np.random.default_rng(0))  # 3 channels: grey, etc.
+    assert not np.allclose(rgb["global_crops"][1, :, 3, 3].numpy(), [0.1, 0.4, 0.7], atol=1e-3)
+
+
+def test_channel_brightness_scales_each_channel_by_its_own_factor():
+    from lejepa_cli.data.multicrop import MultiCrop
+
+    values = np.array([0.2, 0.3, 0.4, 0.5])
+    crop = MultiCrop(crop_config(channel_jitter_p=1.0, channel_brightness=0.5, channel_contrast=0))
+    view = crop(flat_image(values), np.random.default_rng(1))["global_crops"][0, :, 0, 0]
+    factors = view.numpy() / values  # brightness only: x * b_c with b_c in [0.5, 1.5]
+    assert ((factors >= 0.5) & (factors <= 1.5)).all() and np.ptp(factors) > 0.01
+
+
+def test_channel_dropout_zeroes_channels_but_never_all():
+    from lejepa_cli.data.multicrop import MultiCrop
+
+    crop = MultiCrop(crop_config(channel_dropout_p=1.0))
+    dropped = []
+    for seed in range(20):
+        views = crop(flat_image([0.5] * 4), np.random.default_rng(seed))["global_crops"]
+        alive = (views[:, :, 0, 0] > 0).sum(1)  # (V,) channels left per view
+        assert (alive >= 1).all()
+        dropped.append(int((4 - alive).sum()))
+    assert sum(dropped) > 0

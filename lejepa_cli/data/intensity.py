@@ -50,18 +50,23 @@ class IntensityMap:
             raise ValueError("low and high need one value per channel")
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        """(H, W, C) raw values -> (H, W, C) float32 in [0, 1]."""
-        x = raw.astype(np.float32, copy=False)
+        """(H, W, C) raw values -> (H, W, C) float32 in [0, 1] (one copy, then in place)."""
+        x = raw.astype(np.float32)  # (H, W, C), a copy even when raw is float32
         if self.mode == "per-image":
             low, high = _image_range(x)
         else:
             low = np.asarray(self.low, dtype=np.float32)
             high = np.asarray(self.high, dtype=np.float32)
-        t = (x - low) / (high - low)  # (H, W, C)
+        x -= low
+        x *= np.float32(1) / (high - low)
         if self.mode == "asinh":
             s = np.float32(self.softening)
-            t = np.arcsinh(t / s) / np.arcsinh(np.float32(1) / s)
-        return np.clip(np.nan_to_num(t, nan=0.0, posinf=0.0, neginf=0.0), 0.0, 1.0)
+            x *= np.float32(1) / s
+            np.arcsinh(x, out=x)
+            x *= np.float32(1) / np.arcsinh(np.float32(1) / s)
+        if raw.dtype.kind == "f":  # integers have no NaN or inf
+            np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return np.clip(x, 0.0, 1.0, out=x)
 
     def to_dict(self) -> dict:
         out = {"mode": self.mode}
