@@ -156,6 +156,13 @@ def test_truncated_tiff(tmp_path):
         read_raw(path)
 
 
+def hide(monkeypatch, package: str) -> None:
+    """Make `import package` (and its submodules, even if loaded) raise ImportError."""
+    for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, package, None)
+
+
 @pytest.mark.parametrize(
     "module, suffix, extra",
     [("astropy", "fits", "astro"), ("pydicom", "dcm", "medical")],
@@ -163,7 +170,7 @@ def test_truncated_tiff(tmp_path):
 def test_missing_extra_names_the_pip_command(tmp_path, monkeypatch, module, suffix, extra):
     path = tmp_path / f"a.{suffix}"
     path.write_bytes(b"\0" * 64)
-    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    hide(monkeypatch, module)
     with pytest.raises(MissingExtraError, match=rf"pip install 'lejepa-cli\[{extra}\]'"):
         read_raw(path)
 
@@ -175,7 +182,7 @@ def test_missing_extra_is_one_line_from_the_cli(tmp_path, monkeypatch, capsys):
     folder.mkdir()
     for i in range(2):
         (folder / f"{i}.fits").write_bytes(b"\0" * 64)
-    monkeypatch.setitem(sys.modules, "astropy", None)
+    hide(monkeypatch, "astropy")
     with pytest.raises(SystemExit) as info:
         main(["pretrain", str(folder), "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err.strip()

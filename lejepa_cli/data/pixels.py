@@ -95,9 +95,11 @@ class FolderSurvey:
 
     @property
     def eight_bit(self) -> bool:
-        """Every sampled file is an 8-bit grey or colour image Pillow reads: the RGB path."""
+        """A folder of photos (the 8-bit RGB path): grey or colour images that Pillow reads,
+        at least one of them 8-bit. A few 16-bit files among photos keep the path they
+        always had (rescaled by their own range); raw data is a folder with none."""
         return (
-            set(self.dtypes) <= {"uint8"}
+            "uint8" in self.dtypes
             and set(self.counts) <= {1, 3}
             and not set(self.formats) & {"NPY", "FITS", "DICOM"}
         )
@@ -148,7 +150,7 @@ def plan(
     sample = _read_sample(index, found, n, fits_hdu)
     if intensity == "per-image":
         mapping = IntensityMap("per-image", softening=softening)
-    elif found.eight_bit and intensity == "dataset":
+    elif set(found.dtypes) == {"uint8"} and intensity == "dataset":
         mapping = IntensityMap("dataset", (0.0,) * n, (255.0,) * n)  # x / 255, as 8-bit always
     else:
         low, high = robust_range(np.concatenate(sample))

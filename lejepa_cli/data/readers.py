@@ -63,9 +63,10 @@ def require(module: str, what: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        extra = _EXTRAS[module]
+        package = module.partition(".")[0]
+        extra = _EXTRAS[package]
         raise MissingExtraError(
-            f"reading {what} files needs {module}, which is not installed: "
+            f"reading {what} files needs {package}, which is not installed: "
             f"pip install 'lejepa-cli[{extra}]'"
         ) from None
 
@@ -390,7 +391,7 @@ def _fits_shape(hdu) -> tuple[int, int, int]:
 
 
 def _with_fits(path, fits_hdu: int | None, read):
-    fits = require("astropy", "FITS").io.fits
+    fits = require("astropy.io.fits", "FITS")
     try:
         with fits.open(path, memmap=False, lazy_load_hdus=False) as hdus:
             return read(_fits_hdu(hdus, fits_hdu))
