@@ -319,3 +319,17 @@ def test_channel_dropout_zeroes_channels_but_never_all():
         assert (alive >= 1).all()
         dropped.append(int((4 - alive).sum()))
     assert sum(dropped) > 0
+
+
+def test_headers_agree_with_the_pixels_on_every_zoo_file(tmp_path):
+    """read_header promises what read_raw returns (channels, value type, size), for every
+    readable file of the decode tests' zoo (modes 1, L, P, RGBA, I;16, CMYK, EXIF turns...)."""
+    from zoo import build_zoo
+
+    for rel, expect in build_zoo(tmp_path).items():
+        if expect.status != "ok":
+            continue
+        header, raw = read_header(tmp_path / rel), read_raw(tmp_path / rel)
+        assert raw.shape[-1] == header.channels, rel
+        assert raw.dtype.name == header.dtype, rel
+        assert {raw.shape[0], raw.shape[1]} == {header.height, header.width}, rel

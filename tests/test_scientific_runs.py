@@ -154,3 +154,12 @@ def test_model_card_snippet_reproduces_embed(run, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert np.abs(np.load(tmp_path / "snippet.npy") - reference).max() < 1e-4
+
+
+def test_explore_refuses_raw_runs_in_one_line(run, tmp_path, capsys):
+    channels, images, out = run
+    if channels == 1:
+        pytest.skip("one folder is enough")
+    code = run_cli("explore", str(out), str(images), "--out", str(tmp_path / "page"))
+    err = capsys.readouterr().err
+    assert code == 2 and "raw 4-channel images" in err and "Traceback" not in err

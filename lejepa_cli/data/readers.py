@@ -223,7 +223,7 @@ def _read_pil(path, max_pixels: int) -> np.ndarray:
             return _read_png16(path)
         img.load()
         method = _TRANSPOSE.get(_orientation(img))
-        if img.mode in ("1", "L", "I;16", "I;16B", "I;16L", "I", "F"):
+        if img.mode in _GREY_MODES:
             single = img if img.mode != "1" else img.convert("L")
             data = np.asarray(single.transpose(method) if method is not None else single)
             return data.astype(np.uint16) if img.mode.startswith("I;16") else data
@@ -253,22 +253,23 @@ def _read_png16(path) -> np.ndarray:
     return data
 
 
+_GREY_MODES = ("1", "L", "I;16", "I;16B", "I;16L", "I", "F")
+
+
 def _pil_header(path) -> RawHeader:
+    """What _read_pil will return: grey modes one channel, everything else RGB (alpha is
+    composited away); 16-bit PNGs (OpenCV) keep their bits, grey+alpha stays grey."""
     from lejepa_cli.data.decode import image_size
 
     header = image_size(path)
-    depth = _png_bit_depth(path) if header.format == "PNG" else 8
-    if header.mode in ("1", "L", "P") or header.mode.startswith("I;16") or header.mode in "IF":
-        channels = 1 if header.mode != "P" else 3
+    sixteen = header.format == "PNG" and _png_bit_depth(path) == 16
+    grey = header.mode in _GREY_MODES or (sixteen and header.mode in ("LA", "La"))
+    if header.mode in ("I", "F"):
+        dtype = {"I": "int32", "F": "float32"}[header.mode]
     else:
-        channels = 3
-    dtype = {"I": "int32", "F": "float32"}.get(header.mode, "uint16" if depth == 16 else "uint8")
-    if header.mode.startswith("I;16"):
-        dtype = "uint16"
-    if depth == 16 and header.mode in ("LA", "La"):
-        channels = 1
+        dtype = "uint16" if sixteen or header.mode.startswith("I;16") else "uint8"
     bits = {"uint8": 8, "uint16": 16}.get(dtype, 32)
-    return RawHeader(header.width, header.height, channels, dtype, header.format, bits)
+    return RawHeader(header.width, header.height, 1 if grey else 3, dtype, header.format, bits)
 
 
 # ----------------------------------------------------------------------------- TIFF

@@ -185,6 +185,11 @@ def explore(
 
     cache = out_dir / CACHE
     encoders = [with_crop_pct(load_encoder(model, checkpoint), crop_pct)]
+    if encoders[0].pixels:  # thumbnails and patch maps are drawn from 8-bit RGB images
+        raise UsageError(
+            f"{model} was trained on raw {encoders[0].pixels['channels']}-channel images, which "
+            "lejepa explore cannot show yet; use lejepa embed and lejepa probe with it"
+        )
     if compare is not None:
         encoders.append(with_crop_pct(load_encoder(compare, compare_checkpoint), crop_pct))
     results = [
