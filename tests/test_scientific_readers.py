@@ -255,6 +255,12 @@ def test_eight_bit_folders_keep_the_rgb_path(tmp_path):
     assert plan(scan_folder(tmp_path)) is None
     spec = plan(scan_folder(tmp_path), intensity="dataset")  # asked for: x / 255, one channel
     assert spec.intensity.low == (0.0,) and spec.intensity.high == (255.0,)
+    spec = plan(scan_folder(tmp_path), channels=1)  # a grey model, values as 8-bit always were
+    assert spec.channels == 1 and spec.intensity.to_dict() == {
+        "mode": "dataset",
+        "low": [0.0],
+        "high": [255.0],
+    }
 
 
 # ----------------------------------------------------------------------------- views

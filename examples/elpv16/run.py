@@ -8,7 +8,7 @@ training cells and probes it (linear head, balanced, functional vs defective) on
                      recorded at a twentieth of the gain stays a twentieth as bright
     per-image        16-bit cells, each by its own min and max: the gain is divided out
 
-    python examples/elpv16/run.py --out /tmp/elpv16 --limit 600
+    python examples/elpv16/run.py --out /tmp/elpv16 --limit 400   # about 30 minutes on 2 cores
 
 Each step is one `lejepa` command, printed before it runs; steps whose output exists are skipped.
 """
@@ -29,7 +29,7 @@ from prepare import prepare  # noqa: E402
 
 PRETRAIN = [
     "--arch", "resnet18", "--global-size", "64", "--local-size", "32", "--batch-size", "64",
-    "--epochs", "6", "--global-scale", "0.6,1", "--local-scale", "0.2,0.5",
+    "--epochs", "4", "--local-views", "2", "--global-scale", "0.6,1", "--local-scale", "0.2,0.5",
     "--augment", "blur_p=0", "--augment", "solarize_p=0", "--holdout", "0", "--quiet",
 ]  # fmt: skip
 ROWS = {  # row -> (folder under --out, extra pretrain flags)
@@ -73,7 +73,7 @@ def table(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=HERE / "data")
-    parser.add_argument("--limit", type=int, default=600, help="cells (a stratified subset)")
+    parser.add_argument("--limit", type=int, default=400, help="cells (a stratified subset)")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     print(prepare(args.out, args.limit))

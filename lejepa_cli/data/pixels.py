@@ -145,8 +145,9 @@ def plan(
     if found.eight_bit and channels in ("auto", 3) and intensity in ("auto", "per-image"):
         return None
     n = resolve_channels(channels, found.counts, str(index.root))
-    if intensity == "auto":
-        intensity = "per-image" if found.eight_bit else "dataset"
+    if intensity == "auto":  # x / 255 for 8-bit files; photos with a few 16-bit ones as always
+        mixed_photos = found.eight_bit and set(found.dtypes) != {"uint8"}
+        intensity = "per-image" if mixed_photos else "dataset"
     sample = _read_sample(index, found, n, fits_hdu)
     if intensity == "per-image":
         mapping = IntensityMap("per-image", softening=softening)
