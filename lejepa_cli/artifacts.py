@@ -37,6 +37,7 @@ class Encoder:
     source: dict[str, Any]  # kind (run/checkpoint/export/random), path, checkpoint, step, epoch
     fingerprint: str  # sha256 of the weights file: keys the feature cache
     model_args: dict[str, Any] = field(default_factory=dict)  # extra create_model arguments
+    pixels: dict[str, Any] | None = None  # raw file -> input (data/pixels.py); None: 8-bit RGB
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -156,7 +157,8 @@ def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
         )
     _known_arch(arch, f"checkpoint {ckpt}")
     weights = _read_weights(ckpt / WEIGHTS, prefix="backbone")
-    backbone = build_backbone(arch, img_size=size)
+    pixels = _pixels_of(meta.raw.get("data") or {}, f"{ckpt}/meta.json")
+    backbone = build_backbone(arch, img_size=size, in_chans=len(spec.mean))
     where = f"checkpoint {ckpt.name}"
     _check_tensors(backbone, weights, where, arch, ckpt / WEIGHTS)
     _load_strict(backbone, weights, where, arch)
@@ -175,7 +177,23 @@ def _from_checkpoint(ckpt: Path, kind: str, run_dir: Path | None) -> Encoder:
         },
         fingerprint=sha256_file(ckpt / WEIGHTS),
         model_args=model_args_of(backbone),
+        pixels=pixels,
     )
+
+
+def _pixels_of(data: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """The `pixels` record of a checkpoint's meta data or an export's lejepa section, checked."""
+    from lejepa_cli.data.pixels import PixelSpec
+
+    pixels = data.get("pixels")
+    if pixels is None:
+        return None
+    try:
+        return PixelSpec.from_dict(pixels).to_dict()
+    except (KeyError, TypeError, ValueError, AttributeError, UsageError):
+        raise CheckpointError(
+            f"{where} has an invalid pixels record; export or train the run again"
+        ) from None
 
 
 def read_export_config(export_dir: Path) -> dict[str, Any]:
@@ -310,6 +328,7 @@ def _from_export(export_dir: Path) -> Encoder:
         },
         fingerprint=fingerprint,
         model_args=model_args,
+        pixels=_pixels_of(cfg.get("lejepa") or {}, f"{export_dir}/config.json"),
     )
 
 
@@ -361,7 +380,9 @@ def random_encoder(like: Encoder, seed: int = 0) -> Encoder:
         if like.source.get("kind") == "export":
             backbone = _build(like.arch, like.model_args)
         else:  # built exactly as pretraining built it
-            backbone = build_backbone(like.arch, img_size=like.spec.input_size)
+            backbone = build_backbone(
+                like.arch, img_size=like.spec.input_size, in_chans=len(like.spec.mean)
+            )
     backbone.eval().requires_grad_(False)
     key = json.dumps([like.arch, like.model_args, seed], sort_keys=True, default=str)
     return Encoder(
@@ -379,4 +400,5 @@ def random_encoder(like: Encoder, seed: int = 0) -> Encoder:
         },
         fingerprint="random-" + hashlib.sha256(key.encode()).hexdigest(),
         model_args=dict(like.model_args),
+        pixels=like.pixels,
     )

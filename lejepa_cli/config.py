@@ -48,6 +48,11 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     "blur_sigma": [0.1, 2.0],  # pixels of the output view
     "solarize_p": 0.2,
     "solarize_threshold": 128,
+    # for images that are not 3-channel, in place of colour jitter, grayscale and solarize
+    "channel_jitter_p": 0.8,
+    "channel_brightness": 0.4,
+    "channel_contrast": 0.4,
+    "channel_dropout_p": 0.2,
 }
 _AUGMENT_PAIRS = ("ratio", "blur_sigma")
 
@@ -151,10 +156,42 @@ class PretrainConfig:
             "saturation, hue, grayscale_p, blur_p, blur_sigma (e.g. 0.1,2.0), solarize_p, "
             "solarize_threshold, ratio; e.g. --augment blur_p=0. Defaults: the paper's recipe. "
             "Off in the recipe: vflip_p (vertical flip) and rot90_p (a turn by 90, 180 or 270 "
-            "degrees), for images with no up and down.",
+            "degrees), for images with no up and down. Images that are not 3-channel get "
+            "channel_jitter_p, channel_brightness, channel_contrast and channel_dropout_p instead "
+            "of the colour settings.",
             metavar="KEY=VALUE",
         ),
     )
+    channels: int | str = field(
+        default=AUTO,
+        metadata=flag(
+            "Input channels of the backbone, or auto: the folder's count (3 for 8-bit "
+            "images). A number N also turns 1-channel images into N channels.",
+            "auto",
+        ),
+    )
+    intensity: str = field(
+        default=AUTO,
+        metadata=flag(
+            "How raw values become 0-1: dataset (per-channel 0.5-99.5 percentiles of the "
+            "folder), per-image (each image's own min and max) or asinh; auto: dataset above "
+            "8 bits.",
+            "auto",
+        ),
+    )
+    asinh_softening: float = field(
+        default=0.1,
+        metadata=flag(
+            "--intensity asinh: share of the dataset range where the stretch turns from "
+            "linear to logarithmic; smaller lifts faint structure more.",
+            "0.1",
+        ),
+    )
+    fits_hdu: int | None = field(
+        default=None,
+        metadata=flag("FITS files: the HDU to read (default: the first that holds an image)."),
+    )
+    pixels: dict[str, Any] | None = None  # resolved by the run: channels, mapping, mean, std
     seed: int = field(default=0, metadata=flag("Seed for init, order and crops.", "0"))
     workers: int | str = field(
         default=AUTO, metadata=flag("Data-loading processes per GPU/process, or auto.")
@@ -313,12 +350,29 @@ def _coerce_log_to(value: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _coerce_pixels(value: Any) -> dict[str, Any] | None:
+    """The `pixels:` record a run writes (never a flag): checked, as it is read back."""
+    if value is None:
+        return None
+    from lejepa_cli.data.pixels import PixelSpec
+
+    try:
+        return PixelSpec.from_dict(value).to_dict()
+    except (KeyError, TypeError, ValueError, AttributeError, UsageError):
+        raise UsageError(
+            f"invalid pixels record {short_repr(value)}: remove it to have the run measure "
+            "the folder again"
+        ) from None
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Type-check one value against the field's annotation, accepting 'auto' where allowed."""
     if name == "augment":
         return _coerce_augment(value if value is not None else {})
     if name == "log_to":
         return _coerce_log_to(value if value is not None else [])
+    if name == "pixels":
+        return _coerce_pixels(value)
     default = _FIELDS[name].default
     annotation = str(_FIELDS[name].type)
     if value is None:
@@ -412,6 +466,7 @@ def validate(cfg: PretrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    _validate_pixels(cfg)
     if cfg.crop_pct != AUTO and not MIN_CROP_PCT <= float(cfg.crop_pct) <= 1:
         raise UsageError(f"--crop-pct must be 'auto' or a number from {MIN_CROP_PCT} to 1")
     for name in ("weight_decay", "warmup_epochs"):
@@ -432,6 +487,20 @@ def validate(cfg: PretrainConfig) -> None:
         if name in maximum and value != AUTO and int(value) > maximum[name]:
             unit = " pixels" if name.endswith("size") else ""
             raise UsageError(f"{flag} must be 'auto' or at most {maximum[name]}{unit}")
+
+
+def _validate_pixels(cfg: PretrainConfig) -> None:
+    """--channels, --intensity, --asinh-softening and --fits-hdu (lejepa_cli.data.pixels)."""
+    from lejepa_cli.data.channels import parse_channels
+    from lejepa_cli.data.intensity import MODES
+
+    parse_channels(cfg.channels)
+    if cfg.intensity not in (AUTO, *MODES):
+        raise UsageError(f"--intensity must be auto, {', '.join(MODES)}; got {cfg.intensity!r}")
+    if not 0 < cfg.asinh_softening < math.inf:
+        raise UsageError("--asinh-softening must be a number above 0 (0.1 is a common choice)")
+    if cfg.fits_hdu is not None and cfg.fits_hdu < 0:
+        raise UsageError("--fits-hdu is an HDU number, 0 (the primary HDU) or more")
 
 
 def augment_kwargs(augment: dict[str, Any]) -> dict[str, Any]:

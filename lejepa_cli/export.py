@@ -71,7 +71,7 @@ def timm_config(encoder: Encoder) -> dict[str, Any]:
     pretrained_cfg: dict[str, Any] = {k: base[k] for k in _ARCH_KEYS if base.get(k) is not None}
     pretrained_cfg.update(
         {
-            "input_size": [3, spec.input_size, spec.input_size],
+            "input_size": [len(spec.mean), spec.input_size, spec.input_size],
             # a ViT built with dynamic_img_size takes any size; the model args say so too
             "fixed_input_size": bool(base.get("fixed_input_size", False))
             and not encoder.model_args.get("dynamic_img_size", False),
@@ -271,6 +271,8 @@ def export(
         "sha256": digest,
         "probe": probe,
     }
+    if encoder.pixels:  # raw scientific images: how a file becomes the input (data/pixels.py)
+        extra["pixels"] = encoder.pixels
     config = {**timm_config(encoder), "lejepa": extra}
     atomic.write_text_atomic(out / EXPORT_CONFIG, json.dumps(config, indent=2), sync=False)
     atomic.write_text_atomic(out / README, model_card(config, out.name), sync=False)
@@ -298,7 +300,7 @@ def export_onnx(encoder: Encoder, path: Path, opset: int = 17) -> Path:
     _require_onnx()
     size = encoder.spec.input_size
     model = encoder.backbone.to("cpu").eval()
-    dummy = torch.zeros(2, 3, size, size)
+    dummy = torch.zeros(2, len(encoder.spec.mean), size, size)
     kwargs: dict[str, Any] = {
         "input_names": ["pixel_values"],
         "output_names": ["embeddings"],
@@ -350,10 +352,13 @@ def _probe_table(probe: dict[str, Any]) -> str:
 
 def model_card(config: dict[str, Any], dirname: str) -> str:
     """README.md for an export: what it is, how to load it with timm alone, how it was trained."""
+    from lejepa_cli.pixels_card import card_section
+
     extra = config["lejepa"]
     sections = [
         _card_summary(config, dirname),
         _card_loading(config, dirname),
+        *([card_section(config, dirname)] if extra.get("pixels") else []),
         _card_training(extra),
         f"## Probe results\n\n{_card_probe(extra, config['pretrained_cfg'], dirname)}\n",
         _CARD_FILES,
@@ -364,6 +369,13 @@ def model_card(config: dict[str, Any], dirname: str) -> str:
 def _model_args(config: dict[str, Any]) -> str:
     """`, key=value` for each architecture argument, as the timm.create_model call spells them."""
     return "".join(f", {k}={v!r}" for k, v in (config.get("model_args") or {}).items())
+
+
+def _input_kind(extra: dict[str, Any]) -> str:
+    pixels = extra.get("pixels")
+    if not pixels:
+        return "RGB"
+    return f"{pixels['channels']} channel(s) of raw values mapped as in *Raw files to input*"
 
 
 def _card_summary(config: dict[str, Any], dirname: str) -> str:
@@ -383,7 +395,7 @@ the backbone with a head of your own.
 |---|---|
 | architecture | `{arch}` (timm){", " + model_args[2:] if model_args else ""} |
 | embedding size | {config["num_features"]} |
-| input | RGB, resized and centre-cropped to {size} x {size} (crop_pct {pcfg["crop_pct"]}, {pcfg["interpolation"]}) |
+| input | {_input_kind(extra)}, resized and centre-cropped to {size} x {size} (crop_pct {pcfg["crop_pct"]}, {pcfg["interpolation"]}) |
 | normalisation | mean {_fmt_tuple(pcfg["mean"])}, std {_fmt_tuple(pcfg["std"])} |
 | checkpoint | `{src["checkpoint"]}` (epoch {src.get("epoch")}, step {src.get("step")}) of run `{src["run"]}` |
 | weights | `model.safetensors`, sha256 `{extra["sha256"]}` |

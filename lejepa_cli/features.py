@@ -194,7 +194,12 @@ def _loader(
     encoder: Encoder, paths: np.ndarray, batch_size: int, workers: int | str, dev: torch.device
 ) -> torch.utils.data.DataLoader:
     """The images in order, through the model's eval transform: (x, ok, reason) batches."""
-    dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec)
+    if encoder.pixels:  # raw files mapped as the run recorded (lejepa_cli.data.pixels)
+        from lejepa_cli.data.pixels import EvalImages
+
+        dataset = EvalImages(paths, encoder.spec, encoder.pixels)
+    else:
+        dataset = _Images(paths, eval_transform(encoder.spec), encoder.spec)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=check_batch_size(batch_size),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lejepa_cli.data.holdout import multicrop_config
+from lejepa_cli.data.holdout import training_cropper
 from lejepa_cli.devices import autocast
 
 HOLDOUT_CROP_SEED = 0x4E1D0  # with the image's position in the holdout, seeds its crops
@@ -31,11 +31,9 @@ def holdout_crops(holdout, position: int, cropper) -> dict[str, torch.Tensor]:
 
     Decoded as training decodes (possibly reduced to the cropper's `min_source_side`).
     """
-    from lejepa_cli.data.decode import load_rgb
-
     rng = np.random.default_rng((HOLDOUT_CROP_SEED, position))
-    img = load_rgb(holdout.abspath(position), min_side=cropper.min_source_side)
-    return cropper(img, rng)  # uint8 {"global_crops": (Vg, 3, G, G), "local_crops": ...}
+    img = cropper.read(holdout.abspath(position))
+    return cropper(img, rng)  # {"global_crops": (Vg, C, G, G), "local_crops": ...}
 
 
 @dataclass
@@ -112,9 +110,8 @@ def _embed_holdout(model, holdout, cfg, spec, device: torch.device):
     """(global_z (Vg, N, K), all_z (V, N, K), backbone features (N, F) of the first global view,
     skipped (relpath, reason)) over the readable held-out images."""
     from lejepa_cli.data.decode import DecodeError
-    from lejepa_cli.data.multicrop import MultiCrop
 
-    cropper = MultiCrop(multicrop_config(cfg))
+    cropper = training_cropper(cfg)
     was_training = model.training
     captured: list[torch.Tensor] = []
     # The projector's input is the backbone embedding: capture it instead of a second forward.

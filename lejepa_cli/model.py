@@ -23,8 +23,8 @@ class DataSpec:
     """What a backbone needs from its input, as timm resolves it (mean/std in 0-1 units)."""
 
     input_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one per input channel (3 unless the run's pixels say otherwise)
+    std: tuple[float, ...]
     interpolation: str
     crop_pct: float
 
@@ -33,8 +33,8 @@ _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming"
 _SPEC_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")
 
 
-def _finite_triple(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 3 and all(map(is_finite_number, value))
+def _finite_list(value: Any, length: int) -> bool:
+    return isinstance(value, list) and len(value) == length and all(map(is_finite_number, value))
 
 
 def data_spec_of(data: Any) -> DataSpec:
@@ -49,17 +49,20 @@ def data_spec_of(data: Any) -> DataSpec:
         if key not in data:
             raise ValueError(f"{key} is missing")
     size = data["input_size"]
+    channels = data.get("in_chans", 3)
     if isinstance(size, list):  # timm's [channels, height, width]
-        if len(size) != 3 or size[0] != 3 or size[1] != size[2]:
-            raise ValueError(f"input_size {size} is not [3, S, S]")
-        size = size[-1]
+        if len(size) != 3 or not is_whole_number(size[0]) or size[1] != size[2]:
+            raise ValueError(f"input_size {size} is not [C, S, S]")
+        channels, size = size[0], size[-1]
+    if not is_whole_number(channels) or not 1 <= channels <= 256:
+        raise ValueError(f"in_chans {channels} is not a channel count from 1 to 256")
     if not is_whole_number(size) or not 1 <= size <= MAX_SIZE:
         raise ValueError(f"input_size {size} is not a whole number from 1 to {MAX_SIZE}")
     mean, std = data["mean"], data["std"]
-    if not _finite_triple(mean):
-        raise ValueError(f"mean {mean} is not three finite numbers")
-    if not _finite_triple(std) or not all(v > 0 for v in std):
-        raise ValueError(f"std {std} is not three finite numbers above 0")
+    if not _finite_list(mean, channels):
+        raise ValueError(f"mean {mean} is not {channels} finite numbers")
+    if not _finite_list(std, channels) or not all(v > 0 for v in std):
+        raise ValueError(f"std {std} is not {channels} finite numbers above 0")
     if data["interpolation"] not in _INTERPOLATIONS:
         raise ValueError(
             f"interpolation {data['interpolation']!r} is not one of {', '.join(_INTERPOLATIONS)}"
@@ -93,7 +96,11 @@ def check_arch(arch: str) -> None:
 
 
 def build_backbone(
-    arch: str, img_size: int | None = None, num_classes: int = 0, drop_path: float = 0.0
+    arch: str,
+    img_size: int | None = None,
+    num_classes: int = 0,
+    drop_path: float = 0.0,
+    in_chans: int = 3,
 ) -> nn.Module:
     """A timm model from scratch with pooled features as output (num_classes=0), or with a
     classifier head of `num_classes` (the examples' supervised reference).
@@ -101,10 +108,13 @@ def build_backbone(
     Models that take `img_size` (ViTs and friends) get the global crop size, and
     `dynamic_img_size` so that local crops of another size pass through the same weights.
     `drop_path` is timm's stochastic depth rate; it acts only in training mode, so the weights
-    are those of the same architecture without it.
+    are those of the same architecture without it. `in_chans` is timm's input channel count
+    (passed only when it is not 3, so RGB models are built exactly as before).
     """
     check_arch(arch)
     kwargs: dict = {"pretrained": False, "num_classes": num_classes}
+    if in_chans != 3:
+        kwargs["in_chans"] = int(in_chans)
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
     try:
@@ -140,19 +150,24 @@ def is_transformer(model: nn.Module) -> bool:
 
 
 def data_spec(
-    backbone: nn.Module, input_size: int, crop_pct: float | str | None = None
+    backbone: nn.Module,
+    input_size: int,
+    crop_pct: float | str | None = None,
+    pixels: dict | None = None,
 ) -> DataSpec:
     """Mean, std, interpolation and crop_pct as timm resolves them for this backbone; a
-    `crop_pct` given (not None or 'auto') replaces timm's."""
+    `crop_pct` given (not None or 'auto') replaces timm's. A run's `pixels` record (see
+    `lejepa_cli.data.pixels`) brings its own measured mean and std, one per channel."""
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=backbone)
     if crop_pct is None or crop_pct == "auto":
         crop_pct = cfg.get("crop_pct", 0.875)
+    mean, std = (pixels["mean"], pixels["std"]) if pixels else (cfg["mean"], cfg["std"])
     return DataSpec(
         input_size=int(input_size),
-        mean=tuple(float(v) for v in cfg["mean"]),
-        std=tuple(float(v) for v in cfg["std"]),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
         interpolation=str(cfg.get("interpolation", "bicubic")),
         crop_pct=float(crop_pct),
     )
@@ -187,9 +202,9 @@ class LeJEPAModel(nn.Module):
         self.channels_last = False  # set on CUDA, where convolutions run faster in NHWC
 
     def project(self, views: torch.Tensor) -> torch.Tensor:
-        """views (V, B, 3, H, W) -> projector outputs (V, B, K)."""
+        """views (V, B, C, H, W) -> projector outputs (V, B, K)."""
         v, b = views.shape[:2]
-        x = views.flatten(0, 1)  # (V*B, 3, H, W)
+        x = views.flatten(0, 1)  # (V*B, C, H, W)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         feats = self.backbone(x)  # (V*B, F)

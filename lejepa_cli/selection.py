@@ -548,6 +548,7 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
     training. Returns the records, oldest checkpoint first.
     """
     from lejepa_cli import config
+    from lejepa_cli.data.pixels import in_chans
     from lejepa_cli.data.sources import open_data
     from lejepa_cli.errors import RunDirError
     from lejepa_cli.model import LeJEPAModel, build_backbone, data_spec
@@ -564,9 +565,9 @@ def score_run(run_dir: Path, device: str | torch.device = "cpu", strict: bool = 
     cfg = cfg.replace(holdout=int(count))
     _, holdout = split_holdout(index, int(count))
     device = torch.device(device)
-    backbone = build_backbone(cfg.arch, int(cfg.global_size))
+    backbone = build_backbone(cfg.arch, int(cfg.global_size), in_chans=in_chans(cfg.pixels))
     model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)
-    spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct)
+    spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct, cfg.pixels)
     records = []
     for ckpt in rundir.list_checkpoints(run_dir):
         model.load_state_dict(ckpt_io.load_weights(ckpt), strict=True)

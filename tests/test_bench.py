@@ -36,7 +36,7 @@ def test_bench_scan_tree_is_nested(tmp_path):
     assert len(folders) == 150 and {f.parts[0] for f in folders} == {"g00", "g01"}
 
 
-def test_bench_multicrop_compares_three_pipelines(capsys):
+def test_bench_multicrop_compares_four_pipelines(capsys):
     _load("bench_multicrop").main(["--images", "2", "--rounds", "1"])
     out = capsys.readouterr().out
     rows = re.findall(r"^(.+?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x$", out, flags=re.M)
@@ -45,8 +45,10 @@ def test_bench_multicrop_compares_three_pipelines(capsys):
         "torchvision v2 on uint8 tensors",
         "torchvision on PIL, normalise later",
         "lejepa_cli MultiCrop",
+        "lejepa_cli, 16-bit 4-channel TIFF",
     ]
     assert float(rows[0][3]) == 1.0  # the baseline's own ratio
+    assert re.search(r"16-bit 4-channel TIFF vs 8-bit RGB JPEG \(lejepa_cli\): [\d.]+x", out)
     assert all(float(ms) > 0 for _, ms, _, _ in rows)
 
 

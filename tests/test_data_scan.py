@@ -117,4 +117,5 @@ def test_errors_say_what_to_do(tmp_path, case):
 def test_extensions_list_matches_the_spec():
     assert set(IMAGE_EXTENSIONS) == set(
         ["jpg", "jpeg", "png", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm", "pnm"]
+        + ["npy", "fits", "fit", "fts", "dcm", "dicom"]  # read by data/readers.py
     )

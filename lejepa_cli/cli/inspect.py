@@ -109,6 +109,8 @@ def _render_folder(report, console) -> None:
             f"(typical shorter side {r.typical_side} px)",
         )
     console.print(overview)
+    if r.pixels:
+        _render_pixels(r.pixels, console)
 
     sides = Table(title="Shorter side (images read)", title_justify="left")
     for label in r.short_side_histogram:
@@ -180,3 +182,27 @@ def _render_shards(r, console) -> None:
         console.print("These samples are skipped during training and listed in skipped.txt.")
     else:
         console.print("[green]no unreadable samples[/green]")
+
+
+def _render_pixels(pixels: dict, console) -> None:
+    """The raw-value section of a scientific folder (lejepa_cli.data.raw_stats)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="Raw values (above 8 bits or not RGB)", show_header=False,
+                  title_justify="left")  # fmt: skip
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("value types", ", ".join(f"{t} {n:,}" for t, n in pixels["bits"].items()))
+    table.add_row("channels", escape(pixels["channels_described"]))
+    if "low" in pixels:
+        lo, hi = pixels["percentiles"]
+        table.add_row(f"{lo:g}th pct", ", ".join(f"{v:.6g}" for v in pixels["low"]))
+        table.add_row(f"{hi:g}th pct", ", ".join(f"{v:.6g}" for v in pixels["high"]))
+        table.add_row("mean (mapped)", ", ".join(f"{v:.3f}" for v in pixels["mean"]))
+        table.add_row("std (mapped)", ", ".join(f"{v:.3f}" for v in pixels["std"]))
+    if pixels["problem"]:
+        table.add_row("problem", escape(pixels["problem"]))
+    for i, flag in enumerate(pixels["suggested_flags"]):
+        table.add_row("suggested flags" if i == 0 else "", escape(flag))
+    console.print(table)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lejepa_cli.data.decode import DecodeError, load_rgb
+from lejepa_cli.data.decode import DecodeError
 from lejepa_cli.data.multicrop import MultiCrop
 from lejepa_cli.data.scan import ImageIndex
 from lejepa_cli.errors import DataError, UnreadableDataError
@@ -22,7 +22,8 @@ from lejepa_cli.errors import DataError, UnreadableDataError
 class MultiCropDataset(Dataset):
     """`dataset[i]` -> {"global_crops", "local_crops", "index", "skipped"}.
 
-    global_crops: uint8 (Vg, 3, G, G); local_crops: uint8 (Vl, 3, L, L); index: the image
+    global_crops: (Vg, C, G, G); local_crops: (Vl, C, L, L), uint8 for 8-bit RGB runs and
+    float32 for runs with a pixels.PixelSpec (see MultiCrop); index: the image
     actually used (i, or its substitute); skipped: [(relpath, reason)] for files that failed on
     the way, so the main process learns about failures inside workers.
     """
@@ -58,7 +59,7 @@ class MultiCropDataset(Dataset):
         j = int(i)
         for _ in range(self.max_retries + 1):
             try:
-                img = load_rgb(self.index.abspath(j), min_side=self.transform.min_source_side)
+                img = self.transform.read(self.index.abspath(j))
                 crops = self.transform(img, rng)
             except DecodeError as exc:
                 skipped.append((self.index.relpath(j), exc.reason))

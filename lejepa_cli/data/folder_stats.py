@@ -50,6 +50,8 @@ class FolderReport:
     std: list[float] | None
     seconds: float
     skipped_dirs: list[str] = field(default_factory=list)
+    # above 8 bits, not RGB, .npy/FITS/DICOM: types, channels, percentiles, flags (raw_stats.py)
+    pixels: dict | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -82,9 +84,10 @@ def inspect_folder(root: str | Path, sample_size: int = 2000, seed: int = 0) -> 
     pixel_sum = np.zeros(3, dtype=np.float64)
     pixel_sq = np.zeros(3, dtype=np.float64)
     pixel_count = 0
+    raw_section = _pixels_section(index)
     for i in chosen:
         try:
-            header, img = load_rgb_with_header(index.abspath(int(i)), min_side=_STATS_SIDE)
+            header, img = _read(index.abspath(int(i)), raw=raw_section is not None)
         except DecodeError as exc:
             unreadable.append((index.relpath(int(i)), exc.reason))
             continue
@@ -92,6 +95,8 @@ def inspect_folder(root: str | Path, sample_size: int = 2000, seed: int = 0) -> 
         heights.append(header.height)
         modes[header.mode] += 1
         formats[header.format] += 1
+        if img is None:  # a raw array: its statistics are in the pixels section
+            continue
         small = np.asarray(img.resize((_STATS_SIDE, _STATS_SIDE)), dtype=np.float64) / 255.0
         pixels = small.reshape(-1, 3)  # (P, 3)
         pixel_sum += pixels.sum(0)
@@ -140,7 +145,34 @@ def inspect_folder(root: str | Path, sample_size: int = 2000, seed: int = 0) -> 
         std=std_list,
         seconds=round(time.perf_counter() - start, 3),
         skipped_dirs=list(index.skipped_dirs),
+        pixels=raw_section,
     )
+
+
+def _pixels_section(index) -> dict | None:
+    """raw_stats' section for a folder that is not plain 8-bit; None for one that is (or
+    whose sampled headers are all unreadable: the per-file list says why)."""
+    from lejepa_cli.data.raw_stats import describe_pixels
+
+    try:
+        return describe_pixels(index)
+    except UnreadableDataError:
+        return None
+
+
+def _read(path: str, raw: bool):
+    """(header, small RGB image) as training's 8-bit path reads the file, or, in a folder of
+    raw data (`raw`), (header, None) after reading every pixel as training will, so that a
+    truncated file is found here and not in training."""
+    from lejepa_cli.data.decode import ImageHeader
+    from lejepa_cli.data.readers import SCIENCE_EXTENSIONS, extension, read_header, read_raw
+
+    if not raw and extension(path) not in SCIENCE_EXTENSIONS:
+        return load_rgb_with_header(path, min_side=_STATS_SIDE)
+    read_raw(path)
+    header = read_header(path)
+    mode = f"{header.dtype} x{header.channels}"  # no Pillow mode: value type and channels
+    return ImageHeader(header.width, header.height, mode, header.format), None
 
 
 def _channel_label(mode: str) -> str:
@@ -157,6 +189,9 @@ def _channel_label(mode: str) -> str:
         return "grey 16-bit"
     if mode in ("I", "F"):
         return "grey 32-bit"
+    if " x" in mode:  # a raw array: "uint16 x4"
+        dtype, count = mode.split(" x")
+        return f"{count} channel(s), {dtype}"
     return "grey"  # 1, L
 
 
@@ -173,7 +208,7 @@ def _summary(values: np.ndarray) -> dict[str, float]:
 def typical_side(index, limit: int = 256) -> int:
     """Median shorter side over a fixed sample of image headers: what `--global-size auto`
     and `lejepa inspect`'s suggested sizes both follow."""
-    from lejepa_cli.data.decode import image_size
+    from lejepa_cli.data.readers import MissingExtraError, read_header
 
     if hasattr(index, "typical_side"):  # shards: the first images' headers (data.shards)
         return index.typical_side(limit)
@@ -182,8 +217,10 @@ def typical_side(index, limit: int = 256) -> int:
     sides = []
     for i in sorted(picks.tolist()):
         try:
-            w, h = image_size(index.abspath(i))[:2]
+            w, h = read_header(index.abspath(i))[:2]
             sides.append(min(w, h))
+        except MissingExtraError:  # a format whose reader is not installed: say which
+            raise
         except Exception:  # unreadable headers are counted by the dataset later
             continue
     if not sides:

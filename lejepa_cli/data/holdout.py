@@ -55,3 +55,11 @@ def multicrop_config(cfg):
         local_scale=tuple(cfg.local_scale),
         **augment_kwargs(cfg.augment),
     )
+
+
+def training_cropper(cfg):
+    """The run's MultiCrop: its view recipe, reading files as its `pixels` record says."""
+    from lejepa_cli.data.multicrop import MultiCrop
+    from lejepa_cli.data.pixels import spec_of
+
+    return MultiCrop(multicrop_config(cfg), pixels=spec_of(cfg.pixels))

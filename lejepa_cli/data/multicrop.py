@@ -40,7 +40,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from lejepa_cli.errors import UsageError, short_repr
 
@@ -75,6 +74,12 @@ class MultiCropConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # pixels of the output view
     solarize_p: float = 0.2
     solarize_threshold: int = 128  # values >= threshold are inverted
+    # Images that are not 3-channel (microscopy, multi-band sky or ground) get these instead of
+    # colour jitter, grayscale and solarize, which are RGB operations.
+    channel_jitter_p: float = 0.8
+    channel_brightness: float = 0.4  # each channel scaled by its own factor in [1 - b, 1 + b]
+    channel_contrast: float = 0.4  # each channel blended with its own mean, factor in [1-c, 1+c]
+    channel_dropout_p: float = 0.2  # each channel zeroed with probability 1/2 (one always kept)
 
     def __post_init__(self):
         for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
@@ -110,7 +115,13 @@ class MultiCropConfig:
         for f in fields(self):
             if f.name.endswith("_p") and not 0 <= getattr(self, f.name) <= 1:
                 problems.append(f"{f.name} is a probability in [0, 1], got {getattr(self, f.name)}")
-        for name in ("brightness", "contrast", "saturation"):
+        for name in (
+            "brightness",
+            "contrast",
+            "saturation",
+            "channel_brightness",
+            "channel_contrast",
+        ):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.hue <= 0.5:
@@ -124,13 +135,16 @@ class MultiCropConfig:
 
 
 class MultiCrop:
-    """`(PIL RGB image, numpy Generator) -> {"global_crops": (Vg,3,G,G), "local_crops": (Vl,3,L,L)}`.
+    """`(image, numpy Generator) -> {"global_crops": (Vg,C,G,G), "local_crops": (Vl,C,L,L)}`.
 
-    Both tensors are uint8; see `normalize` for the float conversion on the batch.
+    The image is an RGB PIL image (uint8 views, C = 3: the 8-bit path) or, for runs with a
+    `pixels.PixelSpec`, a float32 (H, W, C) array in [0, 1] (float32 views, any C). `read`
+    loads a file the way the run's images are loaded. See `normalize` for the batch.
     """
 
-    def __init__(self, config: MultiCropConfig | None = None):
+    def __init__(self, config: MultiCropConfig | None = None, pixels=None):
         self.config = config or MultiCropConfig()
+        self.pixels = pixels  # a pixels.PixelSpec, or None for 8-bit RGB
         c = self.config
         self._log_ratio = (math.log(c.ratio[0]), math.log(c.ratio[1]))
         v = np.arange(256)
@@ -149,27 +163,43 @@ class MultiCrop:
             need.append(c.local_size * math.sqrt(c.ratio[1] / c.local_scale[0]))
         return math.ceil(max(need))
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def read(self, path):
+        """The file at `path` as this transform takes it (DecodeError when unreadable)."""
+        if self.pixels is not None:
+            return self.pixels.read(path)  # (H, W, C) float32 in [0, 1]
+        from lejepa_cli.data.decode import load_rgb
+
+        return load_rgb(path, min_side=self.min_source_side)
+
+    def __call__(self, img, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         c = self.config
-        if img.mode != "RGB":
+        if isinstance(img, np.ndarray):
+            if img.ndim != 3 or img.dtype != np.float32:
+                raise ValueError(
+                    f"MultiCrop expects (H, W, C) float32, got {img.shape} {img.dtype}"
+                )
+            pixels = torch.from_numpy(img)  # (H, W, C) float32
+        elif img.mode != "RGB":
             raise ValueError(f"MultiCrop expects an RGB image, got mode {img.mode}")
-        pixels = torch.from_numpy(np.array(img))  # (H, W, 3) uint8
+        else:
+            pixels = torch.from_numpy(np.array(img))  # (H, W, 3) uint8
         global_crops = [
             self._view(pixels, c.global_size, c.global_scale, rng) for _ in range(c.global_views)
         ]
         local_crops = [
             self._view(pixels, c.local_size, c.local_scale, rng) for _ in range(c.local_views)
         ]
+        like = pixels[:0, :0]
         return {
-            "global_crops": _to_tensor(global_crops, c.global_size),  # (Vg, 3, G, G)
-            "local_crops": _to_tensor(local_crops, c.local_size),  # (Vl, 3, L, L)
+            "global_crops": _to_tensor(global_crops, c.global_size, like),  # (Vg, C, G, G)
+            "local_crops": _to_tensor(local_crops, c.local_size, like),  # (Vl, C, L, L)
         }
 
     def _view(
         self, pixels: torch.Tensor, size: int, scale: tuple[float, float], rng: np.random.Generator
     ) -> np.ndarray:
         c = self.config
-        height, width = pixels.shape[:2]
+        height, width, channels = pixels.shape
         left, top, w, h = _crop_box((width, height), scale, self._log_ratio, c.ratio, rng)
         view = _resize(pixels[top : top + h, left : left + w], size)
         if rng.random() < c.hflip_p:
@@ -179,6 +209,8 @@ class MultiCrop:
             view = cv2.flip(view, 0)
         if c.rot90_p and rng.random() < c.rot90_p:
             view = cv2.rotate(view, _ROTATIONS[int(rng.integers(3))])
+        if view.dtype != np.uint8:
+            return self._float_photometric(view, channels, rng).reshape(size, size, channels)
         colour = self._jitter_matrix(view, rng) if rng.random() < c.jitter_p else None
         if rng.random() < c.grayscale_p:
             colour = _GREY @ (colour if colour is not None else np.eye(3, 4))
@@ -190,6 +222,45 @@ class MultiCrop:
         if rng.random() < c.solarize_p:
             view = cv2.LUT(view, self._solarize_lut)
         return view  # (size, size, 3) uint8
+
+    def _float_photometric(
+        self, view: np.ndarray, channels: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """The photometric steps on a float view in [0, 1]: the recipe's colour steps for three
+        channels, per-channel jitter and channel dropout for any other count; then blur."""
+        c = self.config
+        view = view.reshape(view.shape[0], view.shape[1], channels)  # OpenCV drops C == 1
+        if channels == 3:
+            colour = self._jitter_matrix(view, rng) if rng.random() < c.jitter_p else None
+            if rng.random() < c.grayscale_p:
+                colour = _GREY @ (colour if colour is not None else np.eye(3, 4))
+            if colour is not None:
+                view = np.clip(_recolour(view, colour), 0.0, 1.0)
+        else:
+            if rng.random() < c.channel_jitter_p:
+                view = self._channel_jitter(view, rng)
+            if channels > 1 and rng.random() < c.channel_dropout_p:
+                drop = rng.random(channels) < 0.5
+                drop[int(rng.integers(channels))] = False  # never a blank view
+                view[:, :, drop] = 0.0
+        if rng.random() < c.blur_p:
+            sigma = rng.uniform(*c.blur_sigma)
+            view = cv2.GaussianBlur(view, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+        if channels == 3 and rng.random() < c.solarize_p:
+            threshold = np.float32(c.solarize_threshold / 255.0)
+            view = np.where(view >= threshold, np.float32(1.0) - view, view)
+        return view  # (size, size, C) float32, C == 1 possibly squeezed by OpenCV
+
+    def _channel_jitter(self, view: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Brightness then contrast, each channel with its own factors: y = k (b x - b m) + b m,
+        with m the channel's mean in the view; clipped to [0, 1]."""
+        c = self.config
+        channels = view.shape[-1]
+        b = rng.uniform(1 - c.channel_brightness, 1 + c.channel_brightness, channels)
+        k = rng.uniform(1 - c.channel_contrast, 1 + c.channel_contrast, channels)
+        m = view.reshape(-1, channels).mean(0)  # (C,)
+        scale, shift = (b * k).astype(np.float32), (b * m * (1 - k)).astype(np.float32)
+        return np.clip(view * scale + shift, 0.0, 1.0)
 
     def _jitter_matrix(self, view: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """torchvision's ColorJitter as one 3x4 matrix: factors drawn, applied in a random order.
@@ -226,7 +297,8 @@ def _recolour(view: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 
 def _resize(crop: torch.Tensor, size: int) -> np.ndarray:
-    """(h, w, 3) uint8 slice -> (size, size, 3) uint8 array, antialiased bilinear.
+    """(h, w, C) uint8 or float32 slice -> (size, size, C) array of its dtype, antialiased
+    bilinear.
 
     Channels-last memory is what torch's vectorised uint8 antialias kernel runs on; one copy of
     the crop into that layout costs less than the kernel saves.
@@ -285,11 +357,12 @@ def _hue_matrix(hue_factor: float) -> np.ndarray:
     )
 
 
-def _to_tensor(views: list[np.ndarray], size: int) -> torch.Tensor:
+def _to_tensor(views: list[np.ndarray], size: int, like: torch.Tensor) -> torch.Tensor:
+    """Views (S, S, C) -> (V, C, S, S) of `like`'s dtype and channel count."""
     if not views:
-        return torch.empty((0, 3, size, size), dtype=torch.uint8)
-    stacked = np.stack(views)  # (V, S, S, 3)
-    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()  # (V, 3, S, S)
+        return torch.empty((0, like.shape[-1], size, size), dtype=like.dtype)
+    stacked = np.stack(views)  # (V, S, S, C)
+    return torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()  # (V, C, S, S)
 
 
 def normalize(
@@ -298,12 +371,14 @@ def normalize(
     std: Sequence[float] | torch.Tensor,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """uint8 images (..., 3, H, W) in 0-255 -> (x / 255 - mean) / std, on x's device.
+    """Images (..., C, H, W) -> (x - mean) / std, on x's device; uint8 images are in 0-255
+    (x / 255 first), float images (the pixels.PixelSpec path) already in 0-1.
 
     Meant for the whole batch at once in the training step (after moving it to the GPU).
     """
-    scale = torch.as_tensor(mean, dtype=dtype, device=x.device).view(-1, 1, 1) * 255.0
-    spread = torch.as_tensor(std, dtype=dtype, device=x.device).view(-1, 1, 1) * 255.0
+    unit = 255.0 if x.dtype == torch.uint8 else 1.0
+    scale = torch.as_tensor(mean, dtype=dtype, device=x.device).view(-1, 1, 1) * unit
+    spread = torch.as_tensor(std, dtype=dtype, device=x.device).view(-1, 1, 1) * unit
     return x.to(dtype).sub_(scale).div_(spread)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from lejepa_cli.errors import DataError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (
+IMAGE_EXTENSIONS: tuple[str, ...] = (  # the last six are read by data/readers.py
     "jpg",
     "jpeg",
     "png",
@@ -28,6 +28,12 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
     "ppm",
     "pgm",
     "pnm",
+    "npy",
+    "fits",
+    "fit",
+    "fts",
+    "dcm",
+    "dicom",
 )
 _EXT_ID = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
 _UNKNOWN_EXT = len(IMAGE_EXTENSIONS)  # paths given by from_relpaths may have any extension

@@ -162,6 +162,11 @@ def explore(
     dev = resolve_device(device)
     index, asked, label_ids, classes = _read_folder(folder, query, labels)
     encoders = [with_crop_pct(load_encoder(model, checkpoint), crop_pct)]
+    if encoders[0].pixels:  # thumbnails and patch maps are drawn from 8-bit RGB images
+        raise UsageError(
+            f"{model} was trained on raw {encoders[0].pixels['channels']}-channel images, which "
+            "lejepa explore cannot show yet; use lejepa embed and lejepa probe with it"
+        )
     if compare is not None:
         encoders.append(with_crop_pct(load_encoder(compare, compare_checkpoint), crop_pct))
     cache = out_dir / CACHE

@@ -8,6 +8,7 @@ import torch
 
 from lejepa_cli import config
 from lejepa_cli.config import AUTO, PretrainConfig
+from lejepa_cli.data.pixels import in_chans
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import UsageError
 from lejepa_cli.model import DataSpec, LeJEPAModel, build_backbone, data_spec, is_transformer
@@ -30,10 +31,12 @@ def build_model(
     """The seeded LeJEPA model on `device`, what its data needs, and the config with the
     values that waited for the model (weight decay, crop_pct) resolved."""
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.arch, int(cfg.global_size), drop_path=cfg.drop_path)
+    backbone = build_backbone(
+        cfg.arch, int(cfg.global_size), drop_path=cfg.drop_path, in_chans=in_chans(cfg.pixels)
+    )
     if cfg.weight_decay == AUTO:  # the family decides: attention models take more decay
         cfg = cfg.replace(weight_decay=config.resolve_weight_decay(cfg, is_transformer(backbone)))
-    spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct)
+    spec = data_spec(backbone, int(cfg.global_size), cfg.crop_pct, cfg.pixels)
     cfg = cfg.replace(crop_pct=spec.crop_pct)  # auto: the architecture's, written out
     check_patch_multiple(backbone, cfg)
     model = LeJEPAModel(backbone, cfg.proj_hidden, cfg.proj_dim).to(device)

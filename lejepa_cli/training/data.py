@@ -14,8 +14,7 @@ import torch
 from lejepa_cli.config import PretrainConfig
 from lejepa_cli.data import sources
 from lejepa_cli.data.dataset import MultiCropDataset, collate_multicrop
-from lejepa_cli.data.holdout import multicrop_config
-from lejepa_cli.data.multicrop import MultiCrop
+from lejepa_cli.data.holdout import training_cropper
 from lejepa_cli.data.sources import open_data
 from lejepa_cli.distributed import DistInfo
 
@@ -29,7 +28,7 @@ def open_images(cfg: PretrainConfig):
 def train_dataset(train, cfg: PretrainConfig, dist: DistInfo):
     """The training images as uint8 multi-crop samples: a map-style dataset over an ImageIndex,
     a per-rank stream over shards (which builds its own epoch loader)."""
-    return sources.train_dataset(train, MultiCrop(multicrop_config(cfg)), cfg.seed, dist)
+    return sources.train_dataset(train, training_cropper(cfg), cfg.seed, dist)
 
 
 class EpochSampler(torch.utils.data.Sampler):

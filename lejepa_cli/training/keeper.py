@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from lejepa_cli import checkpoint, distributed, rundir
+from lejepa_cli.data.pixels import in_chans
 from lejepa_cli.errors import DivergedError
 from lejepa_cli.model import DataSpec, LeJEPAModel
 from lejepa_cli.training.build import Parts
@@ -141,6 +142,8 @@ class CheckpointKeeper(Callback):
                 "std": list(spec.std),
                 "interpolation": spec.interpolation,
                 "crop_pct": spec.crop_pct,
+                "in_chans": in_chans(cfg.pixels),
+                "pixels": cfg.pixels,
             },
             "train": end.train,
             "lam": cfg.lam,

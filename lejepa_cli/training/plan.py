@@ -10,6 +10,7 @@ from typing import Any
 from lejepa_cli import config, devices, rundir
 from lejepa_cli.config import AUTO, PretrainConfig
 from lejepa_cli.data.holdout import split_holdout
+from lejepa_cli.data.pixels import resolve_config as resolve_pixels
 from lejepa_cli.data.scan import ImageIndex
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import DataError, UsageError
@@ -59,6 +60,7 @@ def plan_images(
             "measures the spread of a batch): add images to the folder"
         )
     cfg = resolve_auto(cfg, index, dist)
+    cfg = resolve_pixels(cfg, index)  # channels, intensity mapping, mean/std: data/pixels.py
     check_sizes(cfg, dist, len(index))
     train, holdout = split_holdout(index, int(cfg.holdout))
     steps_per_epoch = len(train) // cfg.batch_size

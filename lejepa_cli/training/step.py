@@ -77,13 +77,16 @@ class TrainStep:
         self.cfg = cfg
         self.device = device
         self.dist = dist
-        self.mean = torch.tensor(spec.mean, device=device).view(1, 1, 3, 1, 1)
-        self.std = torch.tensor(spec.std, device=device).view(1, 1, 3, 1, 1)
+        self.mean = torch.tensor(spec.mean, device=device).view(1, 1, -1, 1, 1)
+        self.std = torch.tensor(spec.std, device=device).view(1, 1, -1, 1, 1)
         self.module = wrap_model(model, cfg, device, dist)
 
     def normalize(self, views: torch.Tensor) -> torch.Tensor:
-        """uint8 (V, B, 3, H, W) -> float (V, B, 3, H, W) in the model's mean/std units."""
-        x = views.to(self.device, non_blocking=True).float().div_(255.0)
+        """uint8 (V, B, C, H, W) in 0-255, or float in 0-1 (runs with a pixels record) ->
+        float (V, B, C, H, W) in the model's mean/std units."""
+        x = views.to(self.device, non_blocking=True).float()
+        if views.dtype == torch.uint8:
+            x = x.div_(255.0)
         return (x - self.mean) / self.std
 
     def __call__(
