@@ -62,6 +62,7 @@ from lejepa_cli.objective import lejepa_loss
 from lejepa_cli.progress import QuietReporter
 from lejepa_cli.runlock import RunLock
 from lejepa_cli.selection import REPORT_HTML, REPORT_JSON, SELECTION_FILE
+from lejepa_cli.sources import init_backbone, init_meta
 from lejepa_cli.trackers import RUN_FILES as TRACKER_FILES
 from lejepa_cli.trackers import RUN_FOLDERS as TRACKER_FOLDERS
 from lejepa_cli.trackers import build_trackers
@@ -859,6 +860,7 @@ def pretrain(
             device = torch.device("cuda", dist.local_rank)
         torch.manual_seed(cfg.seed)
         backbone = build_backbone(cfg.arch, int(cfg.global_size), drop_path=cfg.drop_path)
+        cfg, init_notes = init_backbone(backbone, cfg, resume)  # --init SOURCE, new runs only
         if cfg.weight_decay == AUTO:  # the family decides: attention models take more decay
             cfg = cfg.replace(
                 weight_decay=config.resolve_weight_decay(cfg, is_transformer(backbone))
@@ -962,6 +964,11 @@ def pretrain(
                 f"crops {cfg.global_views}x{cfg.global_size}px + {cfg.local_views}x{cfg.local_size}px"
             )
         message(f"run directory: {run_dir}")
+        for line in init_notes:  # the keys --init-partial left out go to train.log only
+            if line.startswith("  "):
+                runlog.log(line)
+            else:
+                message(line)
 
         def save(
             name: str, epoch_done: int, step: int, train_means: dict[str, float]
@@ -1007,6 +1014,7 @@ def pretrain(
                     },
                     "train": train_means,
                     "lam": cfg.lam,
+                    **init_meta(cfg),
                     "version": cfg.version,
                 }
                 path = checkpoint.save(

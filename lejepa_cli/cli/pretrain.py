@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from lejepa_cli.cli.base import app
+from lejepa_cli.cli.base import app, checkpoint_flag
 
 
 @app.command(no_args_is_help=True)
@@ -108,6 +108,28 @@ def pretrain(
     mlflow_uri: str | None = typer.Option(
         None, help="MLflow tracking URI for --log-to mlflow (a server, or a database)."
     ),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        metavar="SOURCE",
+        help="Start from these weights instead of random ones: a timm name (resnet50.a1_in1k, "
+        "hf-hub:timm/..., or timm for --arch's default), a .safetensors/.pth file (with --arch), "
+        "an export or timm model folder, or a run or one of its checkpoints. Lowers the "
+        "defaults of --lr (1e-4) and --warmup-epochs (5% of the epochs).",
+    ),
+    init_checkpoint: str | None = typer.Option(
+        None,
+        "--init-checkpoint",
+        callback=checkpoint_flag,
+        help="When --init is a run: last, best, an epoch number or a checkpoint name.",
+        show_default="last",
+    ),
+    init_partial: bool | None = typer.Option(
+        None,
+        "--init-partial/--no-init-partial",
+        help="Load the --init tensors that match the architecture and list the rest in "
+        "train.log, instead of refusing a mismatch.",
+    ),
     config_file: Path | None = typer.Option(
         None, "--config", help="YAML file whose keys mirror these flags (flags win)."
     ),
@@ -173,6 +195,9 @@ def pretrain(
         "labels": str(labels) if labels else None,
         "log_to": log_to or None,
         "mlflow_uri": mlflow_uri,
+        "init": init,
+        "init_checkpoint": init_checkpoint,
+        "init_partial": init_partial,
     }
     overrides.update({k: v for k, v in flags.items() if v is not None})
     every = overrides.get("log_every", 1)  # a bad value is refused with the rest of the config
