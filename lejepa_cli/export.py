@@ -34,6 +34,7 @@ from lejepa_cli.artifacts import (
     with_crop_pct,
 )
 from lejepa_cli.errors import RunDirError, UsageError, require_utf8_path
+from lejepa_cli.sources import describe_init
 
 FORMATS = ("safetensors", "onnx")
 README = "README.md"
@@ -280,6 +281,7 @@ def export(
             "global_views": run_cfg.get("global_views"),
             "local_views": run_cfg.get("local_views"),
             "final_loss": meta.get("train"),
+            "init": describe_init(meta.get("init")) or "random (from scratch)",
         },
         "data": {
             "folder": run_cfg.get("data"),
@@ -483,6 +485,7 @@ def _card_training(extra: dict[str, Any]) -> str:
 - objective: {train.get("objective")}, lambda = {train.get("lam")}
 - {train.get("epochs_done")} of {train.get("epochs_planned")} epochs, {train.get("steps")} steps,
   {train.get("images_seen")} images seen, batch size {train.get("batch_size")}, peak lr {train.get("lr")}
+- initial weights: {train.get("init") or "random (from scratch)"}
 - final training loss (epoch mean): {loss_text or "n/a"}
 - software: {software}
 """

@@ -19,6 +19,7 @@ from lejepa_cli import checkpoint as ckpt_io
 from lejepa_cli import report as report_mod
 from lejepa_cli import selection
 from lejepa_cli.errors import LejepaError, UsageError
+from lejepa_cli.sources import describe_init
 
 WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
@@ -128,6 +129,7 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
         "epoch": meta.get("epoch"),
         "train": meta.get("train"),
         "lam": meta.get("lam"),
+        "init": describe_init(meta.get("init")),
         "version": meta.get("version"),
         "heldout": _heldout_brief(heldout),
         "weights": summary,
@@ -411,6 +413,9 @@ def render_run(item: dict[str, Any], console) -> None:
         highlight=False,
     )
     console.print(f"  data: {_esc(cfg.get('data'))}", highlight=False)
+    init = describe_init(cfg)
+    if init:
+        console.print(f"  init: {_esc(init)}", highlight=False)
     changed = _augment_changes(cfg.get("augment"))
     if changed:
         console.print(f"  augmentation (recipe otherwise): {_esc(changed)}", highlight=False)
@@ -504,6 +509,7 @@ def render_weights(item: dict[str, Any], console) -> None:
             ("step", item.get("step")),
             ("epoch", item.get("epoch")),
             ("lam", item.get("lam")),
+            ("init", item.get("init")),
         ]
         train = item.get("train") or {}
         if train:

@@ -556,3 +556,20 @@ def init_meta(cfg) -> dict[str, Any]:
     if not cfg.init:
         return {}
     return {"init": {"source": cfg.init, "sha256": cfg.init_sha256, "tensors": cfg.init_tensors}}
+
+
+def describe_init(record: Any) -> str | None:
+    """'continued from SOURCE (sha256 ..., N tensors)' for a run's or checkpoint's init
+    record (or a config with init fields); None for a run from scratch or a record edited into
+    another shape."""
+    if isinstance(record, dict) and "init_sha256" in record:  # a config.yaml mapping
+        record = {k: record.get(f"init_{k}") for k in ("sha256", "tensors")} | {
+            "source": record.get("init")
+        }
+    if not isinstance(record, dict) or not isinstance(record.get("source"), str):
+        return None
+    sha, count = record.get("sha256"), record.get("tensors")
+    details = [f"sha256 {sha[:16]}" if isinstance(sha, str) else None]
+    details.append(f"{count} tensors" if isinstance(count, int) else None)
+    shown = ", ".join(d for d in details if d)
+    return f"continued from {record['source']}" + (f" ({shown})" if shown else "")

@@ -136,7 +136,7 @@ def test_a_mismatch_names_the_keys_unless_partial(source_model, tmp_path):
 # ------------------------------------------------------------------- pretrain --init
 
 
-def test_init_is_recorded_and_resume_repeats_the_losses(source_model, images, tmp_path):
+def test_init_is_recorded_and_resume_repeats_the_losses(source_model, images, tmp_path, capsys):
     path = tmp_path / "w.safetensors"
     save_file(source_model.state_dict(), str(path))
     base = ["--init", str(path), "--epochs", "2", "--keep-every", "1", *TINY]
@@ -157,6 +157,13 @@ def test_init_is_recorded_and_resume_repeats_the_losses(source_model, images, tm
         "tensors": cfg["init_tensors"],
     }
     assert "initialised" in (whole / "train.log").read_text()
+    capsys.readouterr()
+    assert run_cli("inspect", str(whole)) == 0
+    shown = "".join(capsys.readouterr().out.split())  # rich wraps long paths anywhere
+    assert f"init:continuedfrom{path}" in shown
+    assert run_cli("export", str(whole), "--out", str(tmp_path / "export")) == 0
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert f"initial weights: continued from {path}" in " ".join(card.split())
 
 
 def test_init_from_a_run_continues_its_backbone(images, tmp_path):
