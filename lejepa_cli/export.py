@@ -156,7 +156,27 @@ def probe_summary(probe_json: Path) -> dict[str, Any] | None:
         "num_val": sum(int(n) for n in counts.values() if ckpt_io.is_finite_number(n)),
         "seeds": data.get("seeds") if ckpt_io.is_finite_number(data.get("seeds")) else None,
         "rows": keep,
+        "gains": _gains_of(data.get("gains")),
     }
+
+
+def _gains_of(gains: Any) -> list[dict[str, Any]]:
+    """The probed checkpoint's gains over each baseline, as probe.json records them."""
+    keep = []
+    for g in gains if isinstance(gains, list) else []:
+        if not isinstance(g, dict) or g.get("model") != "checkpoint":
+            continue
+        numbers = {m: g.get(m) for m in ("top1", "balanced_accuracy", "macro_f1")}
+        if all(ckpt_io.is_finite_number(v) for v in numbers.values()):
+            keep.append(
+                {
+                    "baseline": _text(g.get("baseline_name")),
+                    "head": _text(g.get("head")),
+                    "shots": g.get("shots") if isinstance(g.get("shots"), (int, str)) else None,
+                    **numbers,
+                }
+            )
+    return keep
 
 
 def _text(x: Any) -> str | None:
@@ -363,6 +383,20 @@ def _probe_table(probe: dict[str, Any]) -> str:
             v = r.get(m)
             cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}" if v else "n/a")
         lines.append(f"| {r['model']} | {r['head']} | {r['shots']} | " + " | ".join(cells) + " |")
+    gains = probe.get("gains") or []
+    if gains:
+        lines += [
+            "",
+            "Gain of this model over each baseline (mean difference, points):",
+            "",
+            "| over | head | shots | top-1 | balanced accuracy | macro-F1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for g in gains:
+            cells = " | ".join(
+                f"{100 * g[m]:+.1f}" for m in ("top1", "balanced_accuracy", "macro_f1")
+            )
+            lines.append(f"| {g['baseline']} | {g['head']} | {g['shots']} | {cells} |")
     return "\n".join(lines)
 
 

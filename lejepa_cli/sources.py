@@ -122,7 +122,7 @@ def _recorded_arch(text: str, arch: str | None) -> str | None:
         return _timm_cfg(text)["architecture"]
     path = Path(text.removeprefix(LOCAL_DIR_PREFIX))
     if not path.exists():
-        raise UsageError(f"--init {text}: {_missing(path)}")
+        raise UsageError(f"{_missing(path)}")
     if path.is_dir():
         cfg_file = path / "config.json"
         if cfg_file.is_file():
@@ -170,14 +170,14 @@ def read(text: str, arch: str | None = None, checkpoint: str = "last") -> Weight
         return _from_hub_name(text, text)
     path = Path(text.removeprefix(LOCAL_DIR_PREFIX))
     if not path.exists():
-        raise UsageError(f"--init {text}: {_missing(path)}")
+        raise UsageError(f"{_missing(path)}")
     if path.is_dir():
         if (path / "config.json").is_file():
             return _from_folder(path, text)
         return _from_run(path, text, checkpoint)
     if not arch:
         raise UsageError(
-            f"--init {path} is a weights file, which does not say its architecture: pass --arch"
+            f"{path} is a weights file, which does not say its architecture: pass --arch"
         )
     tensors = read_file(path)
     return Weights(arch, tensors, {"source": text, "kind": "file", "sha256": sha256_of(path)})
@@ -196,7 +196,7 @@ def read_file(path: Path) -> dict[str, Any]:
         return _read_safetensors(path)
     if path.suffix not in TORCH_SUFFIXES:
         raise UsageError(
-            f"--init {path}: not a weights file this reads (.safetensors, .pth, .pt or .bin)"
+            f"{path} is not a weights file this reads (.safetensors, .pth, .pt or .bin)"
         )
     import pickle
 
@@ -206,11 +206,11 @@ def read_file(path: Path) -> dict[str, Any]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise UsageError(
-            f"--init {path} holds Python objects besides tensors, which are not unpickled; "
+            f"{path} holds Python objects besides tensors, which are not unpickled; "
             "save its state_dict() (or convert it to .safetensors) and pass that file"
         ) from None
     except (OSError, RuntimeError, EOFError) as exc:
-        raise UsageError(f"--init {path} cannot be read as torch weights ({exc})") from None
+        raise UsageError(f"{path} cannot be read as torch weights ({exc})") from None
     return _state_dict_of(data, path)
 
 
@@ -221,7 +221,7 @@ def _read_safetensors(path: Path) -> dict[str, Any]:
     try:
         return load_file(str(path))
     except (OSError, SafetensorError) as exc:
-        raise UsageError(f"--init {path} cannot be read as safetensors ({exc})") from None
+        raise UsageError(f"{path} cannot be read as safetensors ({exc})") from None
 
 
 def _state_dict_of(data: Any, path: Path) -> dict[str, Any]:
@@ -234,10 +234,10 @@ def _state_dict_of(data: Any, path: Path) -> dict[str, Any]:
             data = data[key]
             break
     if not isinstance(data, dict) or not data:
-        raise UsageError(f"--init {path} holds no state dict (a mapping of names to tensors)")
+        raise UsageError(f"{path} holds no state dict (a mapping of names to tensors)")
     tensors = {k: v for k, v in data.items() if isinstance(k, str) and torch.is_tensor(v)}
     if not tensors:
-        raise UsageError(f"--init {path} holds no tensors under names")
+        raise UsageError(f"{path} holds no tensors under names")
     return tensors
 
 
@@ -251,7 +251,7 @@ def _from_folder(path: Path, text: str) -> Weights:
         cfg = read_export_config(path)  # every field lejepa wrote, checked
     weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
     if weights is None:
-        raise UsageError(f"--init {path} has no {' or '.join(WEIGHT_FILES)} beside config.json")
+        raise UsageError(f"{path} has no {' or '.join(WEIGHT_FILES)} beside config.json")
     args = dict(cfg.get("model_args") or {})
     args.pop("num_classes", None)
     kind = "export" if "lejepa" in cfg else "local-dir"
@@ -263,10 +263,10 @@ def _folder_config(path: Path) -> dict[str, Any]:
     try:
         cfg = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
-        raise UsageError(f"--init {path}/config.json cannot be read ({exc})") from None
+        raise UsageError(f"{path}/config.json cannot be read ({exc})") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str):
         raise UsageError(
-            f"--init {path}/config.json names no architecture; it is not a timm model folder"
+            f"{path}/config.json names no architecture; it is not a timm model folder"
         )
     return cfg
 
@@ -314,7 +314,7 @@ def _timm_cfg(name: str) -> dict[str, Any]:
         arch = name.split(".")[0]
         tags = [n for n in timm.list_pretrained(f"{arch}.*")][:5]
         hint = f"its tags include {', '.join(tags)}" if tags else f"timm has no weights for {arch}"
-        raise UsageError(f"--init {name} is not a timm pretrained name; {hint}")
+        raise UsageError(f"{name} is not a timm pretrained name; {hint}")
     return cfg.to_dict()
 
 
@@ -494,7 +494,7 @@ def _adapt(backbone, tensors: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_into(
-    backbone, weights: Weights, partial: bool = False
+    backbone, weights: Weights, partial: bool = False, partial_flag: str | None = "--init-partial"
 ) -> tuple[dict[str, Any], list[str]]:
     """Load `weights` into `backbone` in place. Returns (record with the tensors loaded,
     notes for the log). A mismatch is a UsageError unless `partial`, which loads what matches
@@ -506,11 +506,10 @@ def load_into(
     problem = found.problem()
     source = weights.record["source"]
     if problem and not (partial and found.loaded):
-        fix = "pass --init-partial to load what matches" if found.loaded else "check --arch"
-        raise UsageError(
-            f"--init {source} does not fit {weights.arch}: {problem}; {fix}"
-            + (" (or check --arch)" if found.loaded else "")
-        )
+        fix = "check that it holds this architecture (--arch)"
+        if found.loaded and partial_flag:
+            fix = f"pass {partial_flag} to load the {len(found.loaded)} tensors that match, or {fix}"
+        raise UsageError(f"{source} does not fit {weights.arch}: {problem}; {fix}")
     with torch.no_grad():
         own = backbone.state_dict()
         for name, value in found.loaded.items():
@@ -573,3 +572,81 @@ def describe_init(record: Any) -> str | None:
     details.append(f"{count} tensors" if isinstance(count, int) else None)
     shown = ", ".join(d for d in details if d)
     return f"continued from {record['source']}" + (f" ({shown})" if shown else "")
+
+
+# --- probing and embedding any SOURCE -----------------------------------------------------
+
+
+def is_lejepa_path(text: str | Path) -> bool:
+    """A run, a checkpoint or an export written by lejepa (read by `artifacts.load_encoder`)."""
+    path = Path(str(text))
+    if not path.is_dir():
+        return False
+    cfg = path / "config.json"
+    if cfg.is_file():
+        return "lejepa" in _folder_config(path)
+    return (
+        (path / "config.yaml").is_file()
+        or (path / "checkpoints").is_dir()
+        or (path / "meta.json").is_file()
+    )
+
+
+def load_encoder(
+    text: str | Path, checkpoint: str | None = "last", like=None, arch: str | None = None
+):
+    """A frozen encoder from any SOURCE. Runs, checkpoints and exports as `lejepa probe` and
+    `lejepa embed` always read them; other sources with their own eval view (the pretrained
+    config's size, mean/std, crop), or `like`'s (the probed model's) when they have none.
+    `arch` (or else `like`'s) is the architecture of a weights file."""
+    from lejepa_cli import artifacts
+
+    if is_lejepa_path(text):
+        return artifacts.load_encoder(text, checkpoint)
+    import timm
+
+    arch = arch or (like.arch if like is not None else None)
+    weights = read(str(text), arch, checkpoint or "last")
+    backbone = timm.create_model(
+        weights.arch, pretrained=False, num_classes=0, **weights.model_args
+    )
+    record, _ = load_into(backbone, weights, partial_flag=None)
+    backbone.eval().requires_grad_(False)
+    spec, view_from = _eval_view(backbone, weights.pretrained_cfg, like)
+    return artifacts.Encoder(
+        backbone=backbone,
+        arch=weights.arch,
+        spec=spec,
+        feature_dim=int(backbone.num_features),
+        source={
+            "kind": record["kind"],
+            "path": record["source"],
+            "checkpoint": None,
+            "step": None,
+            "epoch": None,
+            "sha256": record["sha256"],
+            "eval_view_from": view_from,
+        },
+        fingerprint=record["sha256"],
+        model_args=artifacts.model_args_of(backbone),
+    )
+
+
+def _eval_view(backbone, pretrained_cfg: dict[str, Any] | None, like):
+    """(DataSpec, where it came from): the source's pretrained config, else the probed
+    model's view, else timm's default for the architecture."""
+    from lejepa_cli.artifacts import spec_from_meta
+    from lejepa_cli.model import data_spec
+
+    if pretrained_cfg:
+        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pretrained_cfg.items()}
+        cfg.setdefault("crop_pct", 0.875)
+        cfg.setdefault("interpolation", "bicubic")
+        try:
+            return spec_from_meta(cfg), "pretrained_cfg"
+        except ValueError:
+            pass  # an incomplete config: fall through to the next choice
+    if like is not None:
+        return like.spec, "probed model"
+    size = int(backbone.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+    return data_spec(backbone, size), "timm default"
