@@ -55,7 +55,15 @@ def hub(tmp_path, monkeypatch) -> torch.nn.Module:
     return model
 
 
-def test_probe_with_three_baselines_writes_every_row_and_gain(data, hub, tmp_path, capsys):
+def test_probe_with_three_baselines_writes_every_row_and_gain(
+    data, hub, tmp_path, capsys, monkeypatch
+):
+    from lejepa_cli.probe import heads
+
+    # What is under test is who is probed and how the gains are written, not the head's
+    # training: fewer steps keep four models x six learning rates x five folds quick.
+    monkeypatch.setattr(heads, "MIN_STEPS", 50)
+    monkeypatch.setattr(heads, "MAX_STEPS", 50)
     other = tmp_path / "other"
     other.mkdir()
     torch.manual_seed(4)
