@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,14 +11,13 @@ import torch
 from helpers_runs import make_run
 from safetensors.torch import save_file
 from test_init import HUB_NAME, write_hub_cache
-
-HUB = f"hf-hub:timm/{HUB_NAME}"  # through the repository's config.json: the view below
 from test_probe import _write_csv, _write_images
 from test_train import run_cli
 
 from lejepa_cli.features import embed_features
 from lejepa_cli.sources import load_encoder
 
+HUB = f"hf-hub:timm/{HUB_NAME}"  # through the repository's config.json: the view below
 HUB_VIEW = {  # a pretrained config of its own: another size, mean and crop than the run's
     "classifier": "fc",
     "input_size": [3, 48, 48],
