@@ -265,9 +265,7 @@ def _folder_config(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise UsageError(f"{path}/config.json cannot be read ({exc})") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("architecture"), str):
-        raise UsageError(
-            f"{path}/config.json names no architecture; it is not a timm model folder"
-        )
+        raise UsageError(f"{path}/config.json names no architecture; it is not a timm model folder")
     return cfg
 
 
@@ -508,7 +506,9 @@ def load_into(
     if problem and not (partial and found.loaded):
         fix = "check that it holds this architecture (--arch)"
         if found.loaded and partial_flag:
-            fix = f"pass {partial_flag} to load the {len(found.loaded)} tensors that match, or {fix}"
+            fix = (
+                f"pass {partial_flag} to load the {len(found.loaded)} tensors that match, or {fix}"
+            )
         raise UsageError(f"{source} does not fit {weights.arch}: {problem}; {fix}")
     with torch.no_grad():
         own = backbone.state_dict()

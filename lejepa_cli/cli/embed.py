@@ -8,15 +8,20 @@ import typer
 
 from lejepa_cli.cli.base import app, checkpoint_flag, crop_pct_option
 
+MODEL_ARGUMENT = typer.Argument(
+    ...,
+    metavar="MODEL",
+    help="An export, a run or one of its checkpoints, or any SOURCE of --init: a timm name "
+    "(resnet50.a1_in1k, hf-hub:...), a timm model folder, a weights file (with --arch).",
+)
+ARCH_OPTION = typer.Option(
+    None, "--arch", help="The architecture a weights file MODEL holds (a timm name)."
+)
+
 
 @app.command(no_args_is_help=True)
 def embed(
-    model: str = typer.Argument(
-        ...,
-        metavar="MODEL",
-        help="An export, a run or one of its checkpoints, or any SOURCE of --init: a timm name "
-        "(resnet50.a1_in1k, hf-hub:...), a timm model folder, a weights file (with --arch).",
-    ),
+    model: str = MODEL_ARGUMENT,
     folder: Path = typer.Argument(
         ..., metavar="FOLDER", help="Folder of images (searched recursively)."
     ),
@@ -39,9 +44,7 @@ def embed(
         False, "--overwrite", help="Replace --out if it exists (refused otherwise)."
     ),
     crop_pct: float | None = crop_pct_option("instead of the one the model recorded"),
-    arch: str | None = typer.Option(
-        None, "--arch", help="The architecture a weights file MODEL holds (a timm name)."
-    ),
+    arch: str | None = ARCH_OPTION,
 ) -> None:
     """Embed every image under FOLDER with the backbone's pooled output.
 

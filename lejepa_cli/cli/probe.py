@@ -149,6 +149,17 @@ def _per_class_table(result, balanced: bool):
     return per_class
 
 
+BASELINE_OPTION = typer.Option(
+    None,
+    "--baseline",
+    metavar="random|SOURCE",
+    help="Also probe this model with the same heads, shots and seeds; repeatable. 'random': "
+    "the same architecture with random weights, one initialisation per seed (BatchNorm "
+    "statistics from the training images); a SOURCE (resnet50.a1_in1k, hf-hub:..., an "
+    "export, a run, a weights file of the same architecture): with its own eval view.",
+)
+
+
 @app.command(no_args_is_help=True)
 def probe(
     model: Path = typer.Argument(
@@ -188,15 +199,7 @@ def probe(
         "cache go.",
         show_default="MODEL/probe",
     ),
-    baseline: list[str] | None = typer.Option(
-        None,
-        "--baseline",
-        metavar="random|SOURCE",
-        help="Also probe this model with the same heads, shots and seeds; repeatable. 'random': "
-        "the same architecture with random weights, one initialisation per seed (BatchNorm "
-        "statistics from the training images); a SOURCE (resnet50.a1_in1k, hf-hub:..., an "
-        "export, a run, a weights file of the same architecture): with its own eval view.",
-    ),
+    baseline: list[str] | None = BASELINE_OPTION,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(
         64, "--batch-size", min=1, help="Images per forward pass, at most 65536."

@@ -188,11 +188,7 @@ def run_probe(
         **_record(encoder, split, fs, labels_csv, val_csv),
         "shots": shot_list,
         "seeds": int(seeds),
-        "baseline": next((r for r in records if r["kind"] == RANDOM), None),
-        "baselines": records,
-        "protocol": protocol_record(balanced),
-        "rows": rows,
-        "gains": gains(rows, [r["name"] for r in records]),
+        **_comparison(records, rows, balanced),
         "skipped": fs.errors,
         "notes": notes,
         "cache": {
@@ -206,6 +202,18 @@ def run_probe(
         json_path=write_probe_json(out, data), confusion_png=confusion_png, notes=notes,
         skipped=fs.errors, data=data,
     )  # fmt: skip
+
+
+def _comparison(records: list[dict], rows: list[dict], balanced: bool) -> dict[str, Any]:
+    """probe.json's baselines, protocol, rows and gains ("baseline": the random one, as
+    before there could be several)."""
+    return {
+        "baseline": next((r for r in records if r["kind"] == RANDOM), None),
+        "baselines": records,
+        "protocol": protocol_record(balanced),
+        "rows": rows,
+        "gains": gains(rows, [r["name"] for r in records]),
+    }
 
 
 def _readable_by_all(features: dict) -> np.ndarray:
