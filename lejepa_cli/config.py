@@ -291,6 +291,8 @@ def _init_defaults(changes: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(
             f"--init {changes['init']} does not say which architecture it holds: pass --arch"
         )
+    if changes["init"] == sources.DEFAULT_TAG:  # recorded as the name it stands for
+        changes["init"] = sources.default_name(arch)
     changes.setdefault("lr", INIT_LR)
     return {**changes, "arch": arch}
 

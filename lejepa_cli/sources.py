@@ -104,7 +104,7 @@ def implied_arch(text: str, arch: str | None) -> str | None:
     """The architecture a SOURCE records (a timm name, an export, a run), checked against
     `arch` (--arch, None when not given): a contradiction is a UsageError. None when the
     source does not say (a weights file) and `arch` is None."""
-    found = _recorded_arch(normalize(text), arch)
+    found = _recorded_arch(normalize(text))
     if found is not None and arch is not None and found != arch:
         raise UsageError(
             f"--init {text} holds a {found} backbone, not {arch} as --arch says; drop --arch "
@@ -113,7 +113,7 @@ def implied_arch(text: str, arch: str | None) -> str | None:
     return found or arch
 
 
-def _recorded_arch(text: str, arch: str | None) -> str | None:
+def _recorded_arch(text: str) -> str | None:
     if text == DEFAULT_TAG:
         return None
     if text.startswith(HUB_PREFIX):
@@ -122,7 +122,7 @@ def _recorded_arch(text: str, arch: str | None) -> str | None:
         return _timm_cfg(text)["architecture"]
     path = Path(text.removeprefix(LOCAL_DIR_PREFIX))
     if not path.exists():
-        raise UsageError(f"{_missing(path)}")
+        raise UsageError(_missing(path))
     if path.is_dir():
         cfg_file = path / "config.json"
         if cfg_file.is_file():
@@ -165,12 +165,12 @@ def read(text: str, arch: str | None = None, checkpoint: str = "last") -> Weight
     if text == DEFAULT_TAG:
         if not arch:
             raise UsageError("--init timm takes the default weights of --arch: pass --arch too")
-        return _from_hub_name(_default_name(arch), text)
+        return _from_hub_name(default_name(arch), text)
     if text.startswith(HUB_PREFIX) or (is_hub_name(text) and not Path(text).exists()):
         return _from_hub_name(text, text)
     path = Path(text.removeprefix(LOCAL_DIR_PREFIX))
     if not path.exists():
-        raise UsageError(f"{_missing(path)}")
+        raise UsageError(_missing(path))
     if path.is_dir():
         if (path / "config.json").is_file():
             return _from_folder(path, text)
@@ -295,7 +295,8 @@ def _from_run(path: Path, text: str, which: str) -> Weights:
 # --- timm names and the Hugging Face Hub --------------------------------------------------
 
 
-def _default_name(arch: str) -> str:
+def default_name(arch: str) -> str:
+    """`arch.tag` of the architecture's default pretrained weights in timm."""
     import timm
 
     cfg = timm.models.get_pretrained_cfg(arch)
