@@ -8,7 +8,7 @@
                              with the --init defaults (lr 1e-4) and with the scratch lr (5e-4)
 
     python examples/transfer.py                    # offline, on a 2-core CPU: see the README
-    python examples/transfer.py --cells 600 --fm-steps 61 --epochs 4
+    python examples/transfer.py --cells 600 --fm-steps 61 --epochs 2   # the defaults
 
 Every step is one `lejepa` command, printed with its wall time; a step whose output exists is
 skipped. All models are probed by one `lejepa probe ... --baseline ...` with the same heads,
@@ -68,11 +68,11 @@ def prepare(work: Path, cells: int, fm_train: int) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, default=HERE / "transfer-work")
+    parser.add_argument("--work", type=Path, default=HERE / "transfer" / "runs")
     parser.add_argument("--cells", type=int, default=600, help="ELPV cells (stratified subset)")
     parser.add_argument("--fm-train", type=int, default=5000, help="Fashion-MNIST images")
     parser.add_argument("--fm-steps", type=int, default=61, help="Fashion-MNIST pretraining steps")
-    parser.add_argument("--epochs", type=int, default=4, help="ELPV pretraining epochs")
+    parser.add_argument("--epochs", type=int, default=2, help="ELPV pretraining epochs")
     parser.add_argument("--seeds", type=int, default=2)
     args = parser.parse_args(argv)
     elpv, fm = prepare(args.work, args.cells, args.fm_train)
