@@ -110,13 +110,16 @@ def embed(
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = False,
     crop_pct: float | None = None,
+    arch: str | None = None,
 ) -> EmbedResult:
     """Embed every image under `folder` (recursively) with the pooled backbone output; an
     existing `out_file` is replaced only with `overwrite`. `crop_pct` replaces the model's
-    recorded eval crop (the share of the shorter side kept)."""
-    from lejepa_cli.artifacts import check_crop_pct, load_encoder, with_crop_pct
+    recorded eval crop (the share of the shorter side kept). `model_path` is any SOURCE
+    (`lejepa_cli.pretrained`); `arch` names the architecture of a weights file."""
+    from lejepa_cli.artifacts import check_crop_pct, with_crop_pct
     from lejepa_cli.data.scan import scan_folder
     from lejepa_cli.features import cached_features, check_batch_size, resolve_workers
+    from lejepa_cli.pretrained import load_encoder
 
     out_file = Path(out_file)
     check_output(out_file)  # before any work: a typo in the suffix fails at once
@@ -131,7 +134,7 @@ def embed(
     index = scan_folder(folder, arg="FOLDER")
     if len(index) == 0:
         raise DataError(f"no images found in {folder}; point FOLDER at a folder of images")
-    encoder = with_crop_pct(load_encoder(model_path, checkpoint), crop_pct)
+    encoder = with_crop_pct(load_encoder(model_path, checkpoint, arch=arch), crop_pct)
     fs = cached_features(encoder, index, "embed", None, batch_size, workers, device, progress)
     feats, ok = fs.features, fs.ok
     relpaths = [index.relpath(i) for i in range(len(index))]

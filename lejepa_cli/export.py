@@ -31,6 +31,7 @@ from lejepa_cli.artifacts import (
 )
 from lejepa_cli.errors import RunDirError, UsageError, require_utf8_path
 from lejepa_cli.jsontypes import is_finite_number
+from lejepa_cli.pretrained import describe_init
 from lejepa_cli.rundir import EXPORT_CONFIG, WEIGHTS
 
 FORMATS = ("safetensors", "onnx")
@@ -141,7 +142,27 @@ def probe_summary(probe_json: Path) -> dict[str, Any] | None:
         "num_val": sum(int(n) for n in counts.values() if is_finite_number(n)),
         "seeds": data.get("seeds") if is_finite_number(data.get("seeds")) else None,
         "rows": keep,
+        "gains": _gains_of(data.get("gains")),
     }
+
+
+def _gains_of(gains: Any) -> list[dict[str, Any]]:
+    """The probed checkpoint's gains over each baseline, as probe.json records them."""
+    keep = []
+    for g in gains if isinstance(gains, list) else []:
+        if not isinstance(g, dict) or g.get("model") != "checkpoint":
+            continue
+        numbers = {m: g.get(m) for m in ("top1", "balanced_accuracy", "macro_f1")}
+        if all(is_finite_number(v) for v in numbers.values()):
+            keep.append(
+                {
+                    "baseline": _text(g.get("baseline_name")),
+                    "head": _text(g.get("head")),
+                    "shots": g.get("shots") if isinstance(g.get("shots"), (int, str)) else None,
+                    **numbers,
+                }
+            )
+    return keep
 
 
 def _text(x: Any) -> str | None:
@@ -260,6 +281,7 @@ def export(
             "global_views": run_cfg.get("global_views"),
             "local_views": run_cfg.get("local_views"),
             "final_loss": meta.train,
+            "init": describe_init(meta.raw.get("init")) or "random (from scratch)",
         },
         "data": {
             "folder": run_cfg.get("data"),
@@ -347,6 +369,20 @@ def _probe_table(probe: dict[str, Any]) -> str:
             v = r.get(m)
             cells.append(f"{v['mean']:.3f} ± {v['std']:.3f}" if v else "n/a")
         lines.append(f"| {r['model']} | {r['head']} | {r['shots']} | " + " | ".join(cells) + " |")
+    gains = probe.get("gains") or []
+    if gains:
+        lines += [
+            "",
+            "Gain of this model over each baseline (mean difference, points):",
+            "",
+            "| over | head | shots | top-1 | balanced accuracy | macro-F1 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for g in gains:
+            cells = " | ".join(
+                f"{100 * g[m]:+.1f}" for m in ("top1", "balanced_accuracy", "macro_f1")
+            )
+            lines.append(f"| {g['baseline']} | {g['head']} | {g['shots']} | {cells} |")
     return "\n".join(lines)
 
 
@@ -479,6 +515,7 @@ def _card_training(extra: dict[str, Any]) -> str:
 - objective: {train.get("objective")}, lambda = {train.get("lam")}
 - {train.get("epochs_done")} of {train.get("epochs_planned")} epochs, {train.get("steps")} steps,
   {train.get("images_seen")} images seen, batch size {train.get("batch_size")}, peak lr {train.get("lr")}
+- initial weights: {train.get("init") or "random (from scratch)"}
 - final training loss (epoch mean): {loss_text or "n/a"}
 - software: {software}
 """

@@ -19,6 +19,7 @@ from lejepa_cli import checkpoint as ckpt_io
 from lejepa_cli import curves, rundir, selection
 from lejepa_cli import report as report_mod
 from lejepa_cli.errors import LejepaError, UsageError
+from lejepa_cli.pretrained import describe_init
 from lejepa_cli.rundir import EXPORT_CONFIG, WEIGHTS
 
 # state_dict entries that are buffers, not parameters (BatchNorm statistics).
@@ -95,6 +96,7 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
         "epoch": meta.epoch,
         "train": meta.train,
         "lam": meta.lam,
+        "init": describe_init(meta.raw.get("init")),
         "version": meta.version,
         "heldout": _holdout_brief(score),
         "weights": summary,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lejepa_cli import curves, rundir
+from lejepa_cli.pretrained import describe_init
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -100,6 +101,9 @@ def _print_settings(cfg: dict[str, Any], console) -> None:
         highlight=False,
     )
     console.print(f"  data: {_esc(cfg.get('data'))}", highlight=False)
+    init = describe_init(cfg)
+    if init:
+        console.print(f"  init: {_esc(init)}", highlight=False)
     changed = _augment_changes(cfg.get("augment"))
     if changed:
         console.print(f"  augmentation (recipe otherwise): {_esc(changed)}", highlight=False)
@@ -183,6 +187,7 @@ def render_weights(item: dict[str, Any], console) -> None:
             ("step", item.get("step")),
             ("epoch", item.get("epoch")),
             ("lam", item.get("lam")),
+            ("init", item.get("init")),
         ]
         train = item.get("train") or {}
         if train:

@@ -81,6 +81,9 @@ def _config_summary(cfg: dict[str, Any]) -> dict[str, Any]:
         "holdout",
         "labels",
         "seed",
+        "init",
+        "init_sha256",
+        "init_tensors",
         "version",
     )
     return {k: cfg.get(k) for k in keys if k in cfg}

@@ -37,6 +37,7 @@ from lejepa_cli.data.sources import absolute_data
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import Interrupted, RunDirError, UsageError, require_utf8_path
 from lejepa_cli.model import LeJEPAModel, check_arch
+from lejepa_cli.pretrained import init_overrides
 from lejepa_cli.runlock import RunLock
 from lejepa_cli.trackers import build_trackers
 from lejepa_cli.training.build import Parts, build_model
@@ -151,7 +152,7 @@ def resolve_config(
     if not resume:
         if not overrides.get("data"):
             raise UsageError("DATA is required: the folder of images to pretrain on")
-        return config.build(overrides), []
+        return config.build(init_overrides(overrides)), []
     _check_resumable(out_path)
     # --max-steps applies to one invocation: a resume runs on unless it is given again.
     saved = rundir.read_config(out_path).replace(max_steps=None)
@@ -341,6 +342,8 @@ def train_run(
     keeper, scorer, skipped = session.open(plan, pos, parts, request)
     for line in describe(plan, pos, parts.dist.world_size, parts.device.type):
         session.events.on_message(line)
+    for line in plan.init_notes:  # the keys --init-partial left out go to train.log only
+        session.log.log(line) if line.startswith("  ") else session.events.on_message(line)
     if hasattr(dataset, "describe"):  # shards: how they are read, what a resume repeats
         session.events.on_message(dataset.describe())
     if request.resume and dist.is_main:
@@ -444,8 +447,8 @@ def pretrain(
     try:
         plan = plan_run(cfg, changes, dist, request, session.lock)
         device = devices.rank_device(plan.cfg.device, dist.local_rank)
-        model, spec, cfg = build_model(plan.cfg, device)
-        plan = dataclasses.replace(plan, cfg=cfg)
+        model, spec, cfg, init_notes = build_model(plan.cfg, device, resume)
+        plan = dataclasses.replace(plan, cfg=cfg, init_notes=tuple(init_notes))
         parts = Parts(model, build_optimizer(model, cfg), spec, device, dist)
         pos = restore_run(plan, model, parts.optimizer, device) if resume else Position()
         step_fn = make_step(plan, pos, parts)

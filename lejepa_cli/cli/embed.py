@@ -8,12 +8,20 @@ import typer
 
 from lejepa_cli.cli.base import app, checkpoint_flag, crop_pct_option
 
+MODEL_ARGUMENT = typer.Argument(
+    ...,
+    metavar="MODEL",
+    help="An export, a run or one of its checkpoints, or any SOURCE of --init: a timm name "
+    "(resnet50.a1_in1k, hf-hub:...), a timm model folder, a weights file (with --arch).",
+)
+ARCH_OPTION = typer.Option(
+    None, "--arch", help="The architecture a weights file MODEL holds (a timm name)."
+)
+
 
 @app.command(no_args_is_help=True)
 def embed(
-    model: Path = typer.Argument(
-        ..., metavar="MODEL", help="An export directory, a run, or one of its checkpoints."
-    ),
+    model: str = MODEL_ARGUMENT,
     folder: Path = typer.Argument(
         ..., metavar="FOLDER", help="Folder of images (searched recursively)."
     ),
@@ -36,6 +44,7 @@ def embed(
         False, "--overwrite", help="Replace --out if it exists (refused otherwise)."
     ),
     crop_pct: float | None = crop_pct_option("instead of the one the model recorded"),
+    arch: str | None = ARCH_OPTION,
 ) -> None:
     """Embed every image under FOLDER with the backbone's pooled output.
 
@@ -62,6 +71,7 @@ def embed(
             progress=callback,
             overwrite=overwrite,
             crop_pct=crop_pct,
+            arch=arch,
         )
     console.print(
         f"wrote {result.count} embeddings of dimension {result.feature_dim} to {escape(str(result.out_file))}"

@@ -90,6 +90,8 @@ def render(result, console) -> None:
             _cell(row["macro_f1"]),
         )
     console.print(table)
+    if result.data.get("gains"):
+        console.print(_gains_table(result))
 
     console.print(_per_class_table(result, balanced))
     if len(result.classes) > SHOWN_CLASSES:
@@ -104,6 +106,22 @@ def render(result, console) -> None:
     console.print(Text(f"results: {result.json_path}"))
     if result.confusion_png:
         console.print(Text(f"confusion matrix: {result.confusion_png}"))
+
+
+def _gains_table(result):
+    """Each model's gain over each baseline in balanced accuracy and top-1 (points)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="gain over each baseline (mean difference, points)", title_justify="left")
+    for name in ("model", "over", "head", "shots", "top-1", "balanced acc."):
+        table.add_column(name, justify="left" if name in ("model", "over", "head") else "right")
+    for g in result.data["gains"]:
+        table.add_row(
+            Text(g["name"]), Text(g["baseline_name"]), g["head"], str(g["shots"]),
+            f"{100 * g['top1']:+.1f}", f"{100 * g['balanced_accuracy']:+.1f}",
+        )  # fmt: skip
+    return table
 
 
 def _per_class_table(result, balanced: bool):
@@ -129,6 +147,17 @@ def _per_class_table(result, balanced: bool):
             cells.append("n/a" if v is None else f"{v:.3f}")
         per_class.add_row(Text(c), str(counts.get(c, "")), *cells)
     return per_class
+
+
+BASELINE_OPTION = typer.Option(
+    None,
+    "--baseline",
+    metavar="random|SOURCE",
+    help="Also probe this model with the same heads, shots and seeds; repeatable. 'random': "
+    "the same architecture with random weights, one initialisation per seed (BatchNorm "
+    "statistics from the training images); a SOURCE (resnet50.a1_in1k, hf-hub:..., an "
+    "export, a run, a weights file of the same architecture): with its own eval view.",
+)
 
 
 @app.command(no_args_is_help=True)
@@ -170,12 +199,7 @@ def probe(
         "cache go.",
         show_default="MODEL/probe",
     ),
-    baseline: str | None = typer.Option(
-        None,
-        "--baseline",
-        help="'random': also probe the same architecture with random weights, one "
-        "initialisation per seed (BatchNorm statistics taken from the training images).",
-    ),
+    baseline: list[str] | None = BASELINE_OPTION,
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: int = typer.Option(
         64, "--batch-size", min=1, help="Images per forward pass, at most 65536."
@@ -187,7 +211,7 @@ def probe(
         help="Weight the linear head's classes alike (cross-entropy weight n / (classes x "
         "n_class)): for imbalanced labels judged by balanced accuracy. kNN is unchanged.",
     ),
-    crop_pct: float | None = crop_pct_option("for the model and the baseline alike"),
+    crop_pct: float | None = crop_pct_option("for the model and a random baseline alike"),
     overwrite: bool = typer.Option(
         False,
         "--overwrite",

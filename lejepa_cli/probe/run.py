@@ -14,6 +14,16 @@ import torch
 
 from lejepa_cli import rundir
 from lejepa_cli.errors import DataError, UnreadableDataError, UsageError
+from lejepa_cli.probe.baselines import (
+    MAIN,
+    RANDOM,
+    ProbedModel,
+    baseline_list,
+    baseline_records,
+    build_models,
+    gains,
+    view_notes,
+)
 from lejepa_cli.probe.heads import METRICS, probe_arrays, probe_protocol, protocol_record
 from lejepa_cli.probe.labels import (
     ALL,
@@ -118,25 +128,6 @@ class _Split:
     classes: list[str]
 
 
-@dataclass
-class _Model:
-    """One model the probe runs: its row name, the seeds it is probed with, its encoder."""
-
-    name: str
-    seeds: list[int]
-    encoder: Any
-
-    @property
-    def key(self) -> str:
-        return self.name if self.name == "checkpoint" else f"{self.name}-{self.seeds[0]}"
-
-    @property
-    def stage(self) -> str:
-        if self.name == "checkpoint":
-            return "features"
-        return f"random-init features (seed {self.seeds[0]})"
-
-
 def run_probe(
     model_path: str | Path,
     labels_csv: str | Path,
@@ -146,7 +137,7 @@ def run_probe(
     seeds: int = 3,
     checkpoint: str | int | None = "last",
     out_dir: str | Path | None = None,
-    baseline: str | None = None,
+    baseline: str | Sequence[str] | None = None,
     device: str = "auto",
     batch_size: int = 64,
     workers: int | str = "auto",
@@ -160,45 +151,45 @@ def run_probe(
     `out_dir` that holds an earlier probe's results is refused unless `overwrite`; the default
     folder is the model's own probe folder and is always brought up to date. `balanced`
     weights the linear head's classes alike, for imbalanced labels scored by balanced accuracy.
-    `crop_pct` replaces the model's recorded eval crop (for both the model and the random
-    baseline)."""
+    `baseline`: 'random' and/or SOURCEs (`lejepa_cli.pretrained`), each probed with the same heads,
+    shots and seeds, a SOURCE through its own eval view. `crop_pct` replaces the model's
+    recorded eval crop (for the model and the random baseline; a SOURCE keeps its own)."""
     from lejepa_cli.artifacts import load_encoder, with_crop_pct
     from lejepa_cli.features import resolve_device
 
     started = time.time()
-    shot_list = _check_options(
-        out_dir, overwrite, shots, seeds, batch_size, workers, baseline, crop_pct
-    )
+    shot_list = _check_options(out_dir, overwrite, shots, seeds, batch_size, workers, crop_pct)
+    baselines = baseline_list(baseline)
     # Read the labels before loading any weights: a bad CSV fails in a blink.
     split = _labeled_split(labels_csv, val_csv, root)
     encoder = with_crop_pct(load_encoder(model_path, checkpoint), crop_pct)
     out = _output_folder(out_dir, encoder, split.paths)
     dev = str(resolve_device(device))
     models, norm_stats_images = _models(
-        encoder, baseline, int(seeds), split, batch_size, workers, dev
+        encoder, baselines, int(seeds), split, batch_size, workers, dev
     )
     features = {
         m.key: _features(m, split.paths, out, batch_size, workers, dev, progress) for m in models
     }
-    fs = features["checkpoint"]
+    fs = features[MAIN]
     notes = [f"{len(fs.errors)} labeled images could not be read and were left out"] * bool(
         fs.errors
     )
-    split = _readable_split(split, fs.ok, notes)
+    split = _readable_split(split, _readable_by_all(features), notes)
     notes += _clamp_notes(split, shot_list)
     per_seed = _probe_models(
         models, features, split, shot_list, int(seeds), dev, progress, balanced
     )
-    label_of = {"checkpoint": _checkpoint_label(encoder), "random": "random init"}
+    label_of = {m.name: m.label for m in models}
     rows = result_rows([m.name for m in models], per_seed, shot_list, split.classes, label_of)
-    confusion_png = write_confusion(out, rows, split.classes, label_of["checkpoint"])
+    confusion_png = write_confusion(out, rows, split.classes, label_of[MAIN])
+    records = baseline_records(models, baselines, int(seeds), norm_stats_images)
+    notes += view_notes(records)
     data = {
         **_record(encoder, split, fs, labels_csv, val_csv),
         "shots": shot_list,
         "seeds": int(seeds),
-        "baseline": _baseline_record(baseline, int(seeds), encoder, norm_stats_images),
-        "protocol": protocol_record(balanced),
-        "rows": rows,
+        **_comparison(records, rows, balanced),
         "skipped": fs.errors,
         "notes": notes,
         "cache": {
@@ -214,13 +205,33 @@ def run_probe(
     )  # fmt: skip
 
 
+def _comparison(records: list[dict], rows: list[dict], balanced: bool) -> dict[str, Any]:
+    """probe.json's baselines, protocol, rows and gains ("baseline": the random one, as
+    before there could be several)."""
+    return {
+        "baseline": next((r for r in records if r["kind"] == RANDOM), None),
+        "baselines": records,
+        "protocol": protocol_record(balanced),
+        "rows": rows,
+        "gains": gains(rows, [r["name"] for r in records]),
+    }
+
+
+def _readable_by_all(features: dict) -> np.ndarray:
+    """Images every model could read: all models are scored on the same ones."""
+    ok = None
+    for f in features.values():
+        ok = f.ok.copy() if ok is None else ok & f.ok
+    return ok
+
+
 def _checkpoint_label(encoder) -> str:
     """How the rows name the probed model: its checkpoint, or the kind of export."""
     return f"{encoder.source.get('checkpoint') or encoder.source['kind']}"
 
 
 def _check_options(
-    out_dir, overwrite: bool, shots, seeds, batch_size, workers, baseline, crop_pct
+    out_dir, overwrite: bool, shots, seeds, batch_size, workers, crop_pct
 ) -> list[int | str]:
     """Every option checked before any file is read: the shots list, or a UsageError."""
     from lejepa_cli.artifacts import check_crop_pct
@@ -235,8 +246,6 @@ def _check_options(
         raise UsageError(f"--seeds takes a number from 1 to {MAX_SEEDS}, not {seeds}")
     check_batch_size(batch_size)
     resolve_workers(workers, 0)  # a bad --workers fails now, not after the features are cached
-    if baseline not in (None, "random"):
-        raise UsageError(f"--baseline takes 'random', not {baseline!r}")
     check_crop_pct(crop_pct)
     return shot_list
 
@@ -288,32 +297,24 @@ def _output_folder(out_dir, encoder, paths: list[str]) -> Path:
 
 
 def _models(
-    encoder, baseline, seeds: int, split: _Split, batch_size, workers, dev: str
-) -> tuple[list[_Model], int]:
-    """(models to probe, images the random baseline's BatchNorm statistics came from).
-
-    The checkpoint with every seed; the random baseline as one initialisation per seed (seed s
-    draws init s), so its spread includes the draw of the weights, which moves a random
-    network's probe by points, not only the head's."""
-    from lejepa_cli.artifacts import random_encoder
+    encoder, baselines: list[str], seeds: int, split: _Split, batch_size, workers, dev: str
+) -> tuple[list[ProbedModel], int]:
+    """(models to probe, images the random baseline's BatchNorm statistics came from)."""
     from lejepa_cli.features import calibrate_norm_stats
 
-    models = [_Model("checkpoint", list(range(seeds)), encoder)]
-    norm_stats_images = 0
-    if baseline == "random":
-        train_paths = [split.paths[i] for i in split.train_idx]
-        for seed in range(seeds):
-            random_init = random_encoder(encoder, seed=seed)
-            # BatchNorm statistics from the probe's training images (no labels), as training
-            # would set them; the weights stay random.
-            norm_stats_images = calibrate_norm_stats(
-                random_init, train_paths, batch_size, workers, dev
-            )
-            models.append(_Model("random", [seed], random_init))
-    return models, norm_stats_images
+    train_paths = [split.paths[i] for i in split.train_idx]
+    counted = [0]
+
+    def calibrate(random_init) -> None:
+        # BatchNorm statistics from the probe's training images (no labels), as training would
+        # set them; the weights stay random.
+        counted[0] = calibrate_norm_stats(random_init, train_paths, batch_size, workers, dev)
+
+    models = build_models(encoder, baselines, seeds, calibrate, _checkpoint_label(encoder))
+    return models, counted[0]
 
 
-def _features(model: _Model, paths, out: Path, batch_size, workers, dev: str, progress):
+def _features(model: ProbedModel, paths, out: Path, batch_size, workers, dev: str, progress):
     """The model's probe features of every labeled image, through the cache in out/cache."""
     from lejepa_cli.features import cached_features
 
@@ -358,7 +359,7 @@ def _clamp_notes(split: _Split, shot_list) -> list[str]:
 
 
 def _probe_models(
-    models: list[_Model],
+    models: list[ProbedModel],
     features: dict,
     split: _Split,
     shot_list,
@@ -407,15 +408,4 @@ def _record(encoder, split: _Split, fs, labels_csv, val_csv) -> dict[str, Any]:
         "classes": split.classes,
         "train_counts": {c: int(n) for c, n in zip(split.classes, train_counts, strict=True)},
         "val_counts": {c: int(n) for c, n in zip(split.classes, val_counts, strict=True)},
-    }
-
-
-def _baseline_record(baseline, seeds: int, encoder, norm_stats_images: int) -> dict | None:
-    if not baseline:
-        return None
-    return {
-        "kind": "random",
-        "seeds": list(range(seeds)),
-        "arch": encoder.arch,
-        "norm_stats_images": norm_stats_images,
     }

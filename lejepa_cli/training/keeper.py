@@ -16,6 +16,7 @@ from lejepa_cli import checkpoint, distributed, rundir
 from lejepa_cli.data.pixels import in_chans
 from lejepa_cli.errors import DivergedError
 from lejepa_cli.model import DataSpec, LeJEPAModel
+from lejepa_cli.pretrained import init_meta
 from lejepa_cli.training.build import Parts
 from lejepa_cli.training.callbacks import Callback, CheckpointInfo, EpochEnd
 from lejepa_cli.training.logs import SkippedRecord
@@ -147,5 +148,6 @@ class CheckpointKeeper(Callback):
             },
             "train": end.train,
             "lam": cfg.lam,
+            **init_meta(cfg),
             "version": cfg.version,
         }

@@ -26,6 +26,7 @@ class RunPlan:
     image_keys: Any  # what the run records of its image folder (data.record)
     folder_change: Any  # how the folder changed since the run started (forced), or None
     steps_per_epoch: int
+    init_notes: tuple[str, ...] = ()  # what --init loaded; indented lines go to train.log only
 
 
 @dataclass(frozen=True)
