@@ -27,7 +27,7 @@ from lejepa_cli.data.channels import fit_channels, resolve_channels
 from lejepa_cli.data.decode import DecodeError
 from lejepa_cli.data.intensity import DEFAULT_SOFTENING, IntensityMap, robust_range, sample_pixels
 from lejepa_cli.data.readers import SCIENCE_EXTENSIONS, RawHeader, read_header, read_raw
-from lejepa_cli.errors import DataError, UnreadableDataError
+from lejepa_cli.errors import DataError, UnreadableDataError, UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -197,6 +197,13 @@ def resolve_config(cfg, index):
     if _matches(cfg.pixels, cfg):
         return cfg
     channels = parse_channels(cfg.channels)
+    if not hasattr(index, "abspath"):  # WebDataset shards: samples decode as 8-bit RGB
+        if channels not in ("auto", 3) or cfg.intensity not in ("auto", "per-image"):
+            raise UsageError(
+                "--channels and --intensity apply to image folders and manifests; shards are "
+                "read as 8-bit RGB: leave both at auto"
+            )
+        return cfg.replace(channels=3, intensity="per-image", pixels=None)
     spec = plan(index, channels, cfg.intensity, cfg.asinh_softening, cfg.fits_hdu)
     if spec is None:
         return cfg.replace(channels=3, intensity="per-image", pixels=None)
