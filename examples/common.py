@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -507,12 +508,14 @@ def results_table(probe: dict[str, Any], supervised: dict[str, Any] | None) -> s
     return "\n".join(lines)
 
 
-def headline(probe: dict[str, Any], supervised: dict[str, Any] | None) -> dict[str, float | None]:
-    """The three balanced accuracies (all labels) and the two comparisons asked of the example."""
+def headline(probe: dict[str, Any], supervised: dict[str, Any] | None) -> dict[str, Any]:
+    """The three balanced accuracies (all labels), the two comparisons asked of the example, and
+    each random network's balanced accuracy (their spread is what a gain is judged against)."""
     rand = probe_metric(probe, "random", "all", "balanced_accuracy")
     lej = probe_metric(probe, "checkpoint", "all", "balanced_accuracy")
     sup = supervised["test"]["balanced_accuracy"] if supervised else None
-    out: dict[str, float | None] = {
+    out: dict[str, Any] = {
+        "random_init_values": list(rand["values"]) if rand else [],
         "random_init": rand["mean"] if rand else None,
         "lejepa": lej["mean"] if lej else None,
         "supervised": sup,
@@ -522,6 +525,25 @@ def headline(probe: dict[str, Any], supervised: dict[str, Any] | None) -> dict[s
     )
     out["lejepa_share_of_supervised"] = out["lejepa"] / sup if lej and sup else None
     return out
+
+
+def gain_against_spread(heads: dict[str, Any]) -> str | None:
+    """LeJEPA's gain over the random networks' mean, set against their spread: how far above
+    the best of them it lies and how many of their standard deviations it spans."""
+    randoms = [100 * v for v in heads.get("random_init_values", [])]
+    if heads.get("lejepa") is None or not randoms:
+        return None
+    lejepa, mean = 100 * heads["lejepa"], sum(randoms) / len(randoms)
+    line = (
+        f"LeJEPA - random init: {lejepa - mean:+.1f} points of balanced accuracy "
+        f"({lejepa:.1f} against {len(randoms)} random networks at "
+        f"{', '.join(f'{r:.1f}' for r in randoms)}"
+    )
+    if len(randoms) < 2:
+        return line + ")"
+    std = statistics.pstdev(randoms)  # as the table's ± (probe.json's std over seeds)
+    times = f", {(lejepa - mean) / std:.0f} times their standard deviation" if std > 0 else ""
+    return line + f"; {lejepa - max(randoms):+.1f} over the best of them{times})"
 
 
 def budget_lines(run_dir: Path, supervised: dict[str, Any] | None) -> list[str]:
@@ -553,12 +575,17 @@ def budget_lines(run_dir: Path, supervised: dict[str, Any] | None) -> list[str]:
 # ----------------------------------------------------------------------------- the whole example
 
 
-def run_arguments(doc: str, here: Path, presets: dict[str, Any]) -> argparse.ArgumentParser:
-    """The command line both examples' run.py share; each adds its dataset's own options."""
+def run_arguments(
+    doc: str, here: Path, presets: dict[str, Any], default: str = "full", supervised: bool = True
+) -> argparse.ArgumentParser:
+    """The command line the examples' run.py share; each adds its dataset's own options.
+    `supervised`: the options of the supervised reference, for an example that has one."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
-    parser.add_argument("--preset", choices=sorted(presets), default="full")
+    parser.add_argument("--preset", choices=sorted(presets), default=default)
     parser.add_argument("--data", type=Path, default=here / "data", help="prepared folder")
     parser.add_argument("--runs", type=Path, default=here / "runs", help="where runs are written")
+    if not supervised:
+        return parser
     parser.add_argument("--no-supervised", action="store_true", help="skip the reference")
     parser.add_argument(
         "--supervised-budget", choices=("images", "compute"), default="compute",
@@ -695,10 +722,9 @@ def pipeline(
         json.dumps({"headline": heads, "budget": lines, "table": table}, indent=2) + "\n"
     )
     print("\n" + summary + "\n")
-    gap = heads["lejepa_minus_random_points"]
     share = heads["lejepa_share_of_supervised"]
-    if gap is not None:
-        print(f"LeJEPA - random init: {gap:+.1f} points of balanced accuracy")
+    if (gain := gain_against_spread(heads)) is not None:
+        print(gain)
     if share is not None:
         print(f"LeJEPA / supervised: {100 * share:.0f}% of the supervised balanced accuracy")
     print("\nartifacts:")

