@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from prepared import write_if_changed  # noqa: E402  (examples/prepared.py)
 
 # Defect probability as rated -> 4-class label (the rating's percent, rounded).
 LABELS = {0.0: "p0", 1 / 3: "p33", 2 / 3: "p67", 1.0: "p100"}
@@ -153,15 +155,6 @@ def place(src: Path, dst: Path, copy: bool) -> bool:
             dst.symlink_to(src)
         except OSError:  # no symlinks here (some Windows setups): copy instead
             shutil.copyfile(src, dst)
-    return True
-
-
-def write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
     return True
 
 

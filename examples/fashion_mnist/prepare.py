@@ -27,16 +27,17 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import os
 import struct
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from prepared import drop_unlisted, save_grey_png, write_split_csvs  # noqa: E402  (examples/prepared.py)
+
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = (
     "tshirt_top",
@@ -104,15 +105,6 @@ def balanced_subset(labels: np.ndarray, count: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return True
-
-
 def prepare(
     out: Path,
     source: Path = DEFAULT_SOURCE,
@@ -137,28 +129,11 @@ def prepare(
         for i in keep.tolist():
             name = f"{which}-{i:05d}.png"
             wanted.add(name)
-            target = folder / name
-            if not target.is_file():
-                tmp = folder / f".{name}.tmp"
-                Image.fromarray(images[i], mode="L").save(tmp, format="PNG")
-                os.replace(tmp, target)
-                written += 1
+            written += save_grey_png(images[i], folder / name)
             rows[which].append((f"images/{which}/{name}", CLASSES[int(labels[i])]))
         # A changed --train/--test/--seed picks other images: drop the ones no longer listed.
-        for f in folder.glob("*.png"):
-            if f.name not in wanted:
-                f.unlink()
-                removed += 1
-
-    def text(items: list[tuple[str, str]]) -> str:
-        return "path,label\n" + "".join(f"{p},{lab}\n" for p, lab in items)
-
-    files = {
-        "labels.csv": text(rows["train"] + rows["test"]),
-        "train.csv": text(rows["train"]),
-        "test.csv": text(rows["test"]),
-    }
-    rewritten = [name for name, t in files.items() if write_if_changed(out / name, t)]
+        removed += drop_unlisted(folder, wanted)
+    rewritten = write_split_csvs(out, rows)
     counts = {
         s: dict(sorted(Counter(lab for _, lab in rows[s]).items())) for s in ("train", "test")
     }

