@@ -220,45 +220,65 @@ def export(
     """Export `checkpoint` of a run (default: best when report.json recommends one, else last)
     into `out_dir`; returns `out_dir`. `fmt="onnx"` also writes model.onnx. `crop_pct` replaces
     the eval crop the run recorded, in config.json and the model card."""
+    from lejepa_cli.artifacts import load_encoder
+
     run_dir, out = Path(run_dir), Path(out_dir)
+    which = _check_request(run_dir, out, checkpoint, fmt, overwrite, crop_pct)
+    encoder = with_crop_pct(load_encoder(run_dir, which), crop_pct)
+    _prepare_out_dir(out, overwrite)
+    digest = _write_weights(encoder, out)
+    extra = _lejepa_section(run_dir, encoder, which, digest)
+    config = {**timm_config(encoder), "lejepa": extra}
+    atomic.write_text_atomic(out / EXPORT_CONFIG, json.dumps(config, indent=2), sync=False)
+    atomic.write_text_atomic(out / README, model_card(config, out.name), sync=False)
+    if fmt == "onnx":
+        export_onnx(encoder, out / ONNX)
+    return out
+
+
+def _check_request(run_dir: Path, out: Path, checkpoint, fmt: str, overwrite: bool, crop_pct):
+    """Every refusal before anything is written; the checkpoint name to export."""
     require_utf8_path("--out", out.absolute())
     if fmt not in FORMATS:
         raise UsageError(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     if fmt == "onnx":
         _require_onnx()
     check_crop_pct(crop_pct)
-    if not Path(run_dir).exists():
+    if not run_dir.exists():
         raise UsageError(f"{run_dir} does not exist; pass the folder of a pretraining run")
     if rundir.kind_of(run_dir) != "run":
         raise UsageError(
             f"{run_dir} is not a run directory; export takes the folder of a pretraining run"
         )
     which = default_checkpoint(run_dir) if checkpoint is None else str(checkpoint)
-    rundir.resolve_checkpoint(
-        run_dir, which
-    )  # no checkpoint, or an unknown one: fail before writing
+    rundir.resolve_checkpoint(run_dir, which)  # no checkpoint, or an unknown one: fail now
     _check_out_dir(out, run_dir, overwrite)
+    return which
 
-    from lejepa_cli.artifacts import load_encoder
 
-    encoder = with_crop_pct(load_encoder(run_dir, which), crop_pct)
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if overwrite:
         for name in _OWN_FILES:
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / rundir.PROBE, ignore_errors=True)  # probe results of the old weights
 
+
+def _write_weights(encoder: Encoder, out: Path) -> str:
+    """The backbone with timm's key names as OUT/model.safetensors; its sha256."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
     try:
         with atomic.atomic_path(out / WEIGHTS, sync=False) as tmp:
             ckpt_io.save_tensors(tensors, tmp, {"format": "pt"})
     except OSError as exc:  # name the folder the user gave, not the temporary file in it
         raise OSError(exc.errno, exc.strerror, str(out)) from None
-    digest = sha256_file(out / WEIGHTS)
+    return sha256_file(out / WEIGHTS)
 
+
+def _lejepa_section(run_dir: Path, encoder: Encoder, which: str, digest: str) -> dict[str, Any]:
+    """config.json's `lejepa` section: where the weights came from and how they were trained."""
     meta = rundir.read_meta(rundir.checkpoint_dir(run_dir, encoder.source["checkpoint"]))
     run_cfg = rundir.read_config_fields(run_dir)
-    probe = probe_summary(run_dir / rundir.PROBE / rundir.PROBE_JSON)
     extra = {
         "format": 1,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -269,20 +289,7 @@ def export(
             "epoch": meta.epoch,
             "step": meta.step,
         },
-        "training": {
-            "objective": "LeJEPA: (1 - lam) * prediction + lam * SIGReg",
-            "epochs_done": meta.epoch,
-            "epochs_planned": run_cfg.get("epochs"),
-            "steps": meta.step,
-            "images_seen": meta.images_seen,
-            "batch_size": run_cfg.get("batch_size"),
-            "lr": run_cfg.get("lr"),
-            "lam": meta.lam if meta.lam is not None else run_cfg.get("lam"),
-            "global_views": run_cfg.get("global_views"),
-            "local_views": run_cfg.get("local_views"),
-            "final_loss": meta.train,
-            "init": describe_init(meta.raw.get("init")) or "random (from scratch)",
-        },
+        "training": _training_record(meta, run_cfg),
         "data": {
             "folder": run_cfg.get("data"),
             "num_train_images": meta.num_train_images,
@@ -291,16 +298,28 @@ def export(
         },
         "versions": _versions(),
         "sha256": digest,
-        "probe": probe,
+        "probe": probe_summary(run_dir / rundir.PROBE / rundir.PROBE_JSON),
     }
     if encoder.pixels:  # raw scientific images: how a file becomes the input (data/pixels.py)
         extra["pixels"] = encoder.pixels
-    config = {**timm_config(encoder), "lejepa": extra}
-    atomic.write_text_atomic(out / EXPORT_CONFIG, json.dumps(config, indent=2), sync=False)
-    atomic.write_text_atomic(out / README, model_card(config, out.name), sync=False)
-    if fmt == "onnx":
-        export_onnx(encoder, out / ONNX)
-    return out
+    return extra
+
+
+def _training_record(meta: rundir.CheckpointMeta, run_cfg: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "objective": "LeJEPA: (1 - lam) * prediction + lam * SIGReg",
+        "epochs_done": meta.epoch,
+        "epochs_planned": run_cfg.get("epochs"),
+        "steps": meta.step,
+        "images_seen": meta.images_seen,
+        "batch_size": run_cfg.get("batch_size"),
+        "lr": run_cfg.get("lr"),
+        "lam": meta.lam if meta.lam is not None else run_cfg.get("lam"),
+        "global_views": run_cfg.get("global_views"),
+        "local_views": run_cfg.get("local_views"),
+        "final_loss": meta.train,
+        "init": describe_init(meta.raw.get("init")) or "random (from scratch)",
+    }
 
 
 def _require_onnx() -> None:

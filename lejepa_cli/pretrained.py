@@ -618,6 +618,14 @@ def is_lejepa_path(text: str | Path) -> bool:
     return rundir.kind_of(path) in ("run", "checkpoint")
 
 
+def _is_checkpoint_file(text: str | Path) -> bool:
+    """A weights file inside a lejepa checkpoint folder (its meta.json says what it holds)."""
+    from lejepa_cli import rundir
+
+    path = Path(str(text))
+    return path.is_file() and (path.parent / rundir.META).is_file()
+
+
 def load_encoder(
     text: str | Path, checkpoint: str | None = "last", like=None, arch: str | None = None
 ):
@@ -627,8 +635,8 @@ def load_encoder(
     `arch` (or else `like`'s) is the architecture of a weights file."""
     from lejepa_cli import artifacts
 
-    if is_lejepa_path(text):
-        return artifacts.load_encoder(text, checkpoint)
+    if is_lejepa_path(text) or _is_checkpoint_file(text):
+        return artifacts.load_encoder(text, checkpoint)  # a checkpoint's file: "pass its folder"
     import timm
 
     arch = arch or (like.arch if like is not None else None)

@@ -150,7 +150,8 @@ def test_an_empty_checkpoint_name_is_refused(run, images, tmp_path, capsys, comm
 
 
 def test_train_state_round_trips_an_optimizer_without_pickle(tmp_path):
-    from lejepa_cli.checkpoint import TRAIN_STATE, load_train_state, save_train_state
+    from lejepa_cli.checkpoint import load_train_state, save_train_state
+    from lejepa_cli.rundir import TRAIN_STATE
 
     model = torch.nn.Linear(4, 3)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95))
@@ -172,7 +173,8 @@ def test_train_state_round_trips_an_optimizer_without_pickle(tmp_path):
 def test_damaged_or_foreign_train_state_is_refused_without_unpickling(tmp_path):
     from safetensors.torch import save_file
 
-    from lejepa_cli.checkpoint import TRAIN_STATE, load_train_state
+    from lejepa_cli.checkpoint import load_train_state
+    from lejepa_cli.rundir import TRAIN_STATE
 
     ckpt = tmp_path / "epoch-0001"
     ckpt.mkdir()
@@ -418,7 +420,8 @@ def test_checkpoint_names_from_files_stay_inside_the_run(run, tmp_path):
 def test_a_damaged_train_state_points_at_the_checkpoint_before_it_only_if_there_is_one(
     run, tmp_path
 ):
-    from lejepa_cli.checkpoint import TRAIN_STATE, load_train_state
+    from lejepa_cli.checkpoint import load_train_state
+    from lejepa_cli.rundir import TRAIN_STATE
 
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
