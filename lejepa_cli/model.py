@@ -28,6 +28,16 @@ class DataSpec:
     interpolation: str
     crop_pct: float
 
+    def to_dict(self) -> dict[str, Any]:
+        """As meta.json's `data` records it (`data_spec_of` reads it back)."""
+        return {
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "crop_pct": self.crop_pct,
+        }
+
 
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
 _SPEC_KEYS = ("input_size", "mean", "std", "interpolation", "crop_pct")

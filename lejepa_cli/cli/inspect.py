@@ -58,12 +58,17 @@ def inspect_command(
     from lejepa_cli.data.folder_stats import inspect_folder
 
     reports = [inspect_folder(p, sample_size=sample) for p in folders]
+    _print_reports(reports, json_out, lambda report: _render_folder(report, console))
+
+
+def _print_reports(reports: list, json_out: bool, render) -> None:
+    """One report as a JSON object or several as a list with --json; otherwise each rendered."""
     if json_out:
         data = [r.to_dict() for r in reports]
         typer.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
         return
     for report in reports:
-        _render_folder(report, console)
+        render(report)
 
 
 def _render_folder(report, console) -> None:
@@ -145,12 +150,8 @@ def _inspect_shards(paths: list[str], kinds: list[str], json_out: bool, sample: 
     if any(k != "shards" for k in kinds):
         raise UsageError("inspect shards and other paths in separate calls")
     reports = [inspect_shards(p, sample_size=sample) for p in paths]
-    if json_out:
-        data = [r.to_dict() for r in reports]
-        typer.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
-        return
-    for report in reports:
-        _render_shards(report, Console(highlight=False))
+    console = Console(highlight=False)
+    _print_reports(reports, json_out, lambda report: _render_shards(report, console))
 
 
 def _render_shards(r, console) -> None:

@@ -129,14 +129,7 @@ def baseline_records(
 
 
 def _view(encoder) -> dict[str, Any]:
-    spec = encoder.spec
-    return {
-        "input_size": spec.input_size,
-        "mean": list(spec.mean),
-        "std": list(spec.std),
-        "interpolation": spec.interpolation,
-        "crop_pct": spec.crop_pct,
-    }
+    return encoder.spec.to_dict()
 
 
 def gains(rows: list[dict[str, Any]], baseline_names: list[str]) -> list[dict[str, Any]]:

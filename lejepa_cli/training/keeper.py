@@ -138,11 +138,7 @@ class CheckpointKeeper(Callback):
             "local_size": int(cfg.local_size),
             "feature_dim": int(model.backbone.num_features),
             "data": {
-                "input_size": spec.input_size,
-                "mean": list(spec.mean),
-                "std": list(spec.std),
-                "interpolation": spec.interpolation,
-                "crop_pct": spec.crop_pct,
+                **spec.to_dict(),
                 "in_chans": in_chans(cfg.pixels),
                 "pixels": cfg.pixels,
             },
