@@ -44,12 +44,10 @@ _ARCH_KEYS = ("first_conv", "classifier")
 
 
 def default_checkpoint(run_dir: str | Path) -> str:
-    """'best' when the run's report recommends a checkpoint, else 'last'."""
-    try:
-        rundir.resolve_checkpoint(Path(run_dir), "best")
-        return "best"
-    except RunDirError:
-        return "last"
+    """'best' when the run's report recommends a checkpoint, else 'last'. A recommended
+    checkpoint that was deleted stays 'best', so that the export refuses it with the choices
+    listed instead of silently exporting another one."""
+    return "best" if rundir.plain_name(rundir.recommended_checkpoint(Path(run_dir))) else "last"
 
 
 def _global_pool(backbone) -> str | None:

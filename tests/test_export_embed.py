@@ -184,6 +184,19 @@ def test_export_picks_best_when_recommended_and_refuses_to_clobber(runs, tmp_pat
     )
 
 
+def test_export_refuses_a_deleted_recommended_checkpoint_instead_of_taking_another(
+    runs, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    shutil.copytree(runs["test_resnet"], run)
+    (run / "report.json").write_text(json.dumps({"recommended": {"checkpoint": "epoch-0001"}}))
+    shutil.rmtree(run / "checkpoints" / "epoch-0001")
+    out = tmp_path / "export"
+    code, _, err = _cli(["export", str(run), "--out", str(out)], capsys)
+    assert code == 2 and "recommends epoch-0001" in err and "--checkpoint last" in err, err
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_export_of_a_run_without_checkpoint_is_a_clear_error(runs, tmp_path, capsys):
     run = tmp_path / "empty_run"
     run.mkdir()
