@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lejepa_cli import curves, rundir
+from lejepa_cli.data.intensity import PERCENTILES
 from lejepa_cli.pretrained import describe_init
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -104,9 +105,30 @@ def _print_settings(cfg: dict[str, Any], console) -> None:
     init = describe_init(cfg)
     if init:
         console.print(f"  init: {_esc(init)}", highlight=False)
+    pixels = _describe_pixels(cfg.get("pixels"))
+    if pixels:
+        console.print(f"  pixels: {_esc(pixels)}", highlight=False)
     changed = _augment_changes(cfg.get("augment"))
     if changed:
         console.print(f"  augmentation (recipe otherwise): {_esc(changed)}", highlight=False)
+
+
+def _describe_pixels(pixels: Any) -> str | None:
+    """A raw-pixels run's record in one phrase: "4 channels, intensity dataset (per-channel
+    0.5-99.5 percentiles)"; None for an 8-bit RGB run, which has none."""
+    if not isinstance(pixels, dict):
+        return None
+    intensity = pixels.get("intensity") or {}
+    mode = intensity.get("mode", "?")
+    text = f"{pixels.get('channels', '?')} channels, intensity {mode}"
+    if mode == "dataset":
+        low, high = PERCENTILES
+        text += f" (per-channel {low:g}-{high:g} percentiles of the folder)"
+    elif mode == "asinh":
+        text += f" (softening {intensity.get('softening', '?')})"
+    if pixels.get("fits_hdu") is not None:
+        text += f", FITS HDU {pixels['fits_hdu']}"
+    return text
 
 
 def _print_progress(prog: dict[str, Any], console) -> None:

@@ -84,9 +84,11 @@ def _config_summary(cfg: dict[str, Any]) -> dict[str, Any]:
         "init",
         "init_sha256",
         "init_tensors",
+        "pixels",
         "version",
     )
-    return {k: cfg.get(k) for k in keys if k in cfg}
+    # a raw-pixels record only where the run has one (8-bit RGB runs have none)
+    return {k: cfg.get(k) for k in keys if k in cfg and not (k == "pixels" and cfg[k] is None)}
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:

@@ -101,6 +101,13 @@ def test_the_run_records_its_pixels(run):
     assert (out / "skipped.txt").read_text().strip() == ""  # every format was read
 
 
+def test_inspect_run_shows_the_pixels_record(run, capsys):
+    channels, _, out = run
+    assert run_cli("inspect", str(out)) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"pixels: {channels} channels, intensity dataset" in text, text
+
+
 def test_probe_export_embed_and_plain_timm(run, tmp_path):
     import timm
 
