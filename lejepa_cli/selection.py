@@ -23,8 +23,8 @@ make the prediction term vanish, and a small lam would then reward it.
 
 Comparing runs. Scores are comparable across runs when they were computed on the same held-out
 images, crops and directions: the same holdout (count and fingerprint of its paths), the same
-view counts, crop sizes and scales, and the same projector output dimension (the directions live
-in that space). Architecture, batch size, learning rate, weight decay and epochs may differ:
+view counts, crop sizes and scales, the same projector output dimension (the directions live
+in that space), and the same mapping of raw files to pixels (channels and intensity mapping). Architecture, batch size, learning rate, weight decay and epochs may differ:
 those are what the ranking is for. A different lam is handled by the lam**ALPHA normalisation.
 When the conditions do not hold, the report and `lejepa inspect RUN_A RUN_B` still show the
 numbers, with a warning that the comparison is not meaningful. Without a holdout (--holdout 0)
@@ -76,6 +76,7 @@ COMPARABLE_KEYS = (
     "local_scale",
     "augment",
     "proj_dim",
+    "pixels",
 )
 
 
@@ -96,6 +97,8 @@ def comparison_key(cfg, holdout_count: int, fingerprint: str) -> dict[str, Any]:
         "local_scale": [float(v) for v in cfg.local_scale],
         "augment": {**AUGMENT_DEFAULTS, **cfg.augment},
         "proj_dim": int(cfg.proj_dim),
+        # how raw files become pixels (None for 8-bit RGB, as in reports from before it was kept)
+        "pixels": cfg.pixels,
     }
 
 

@@ -245,6 +245,15 @@ def test_comparison_keys_name_what_differs():
     c = selection.comparison_key(cfg, 24, "other")
     assert any("holdout fingerprint" in p for p in selection.compare_keys({"a": a, "c": c}))
     assert any("no held-out score" in p for p in selection.compare_keys({"a": a, "n": None}))
+    # the same 16-bit folder mapped per image and by the folder's percentiles
+    record = {"channels": 1, "intensity": {"mode": "per-image"}, "mean": [0.4], "std": [0.2]}
+    d = selection.comparison_key(cfg.replace(pixels=record), 24, "abc")
+    mapped = {**record, "intensity": {"mode": "dataset", "low": [64.0], "high": [60000.0]}}
+    e = selection.comparison_key(cfg.replace(pixels=mapped), 24, "abc")
+    problems = selection.compare_keys({"d": d, "e": e})
+    assert len(problems) == 1 and "different pixels" in problems[0], problems
+    old = {k: v for k, v in a.items() if k != "pixels"}  # a report from before it was kept
+    assert selection.compare_keys({"a": a, "old": old}) == []
 
 
 def test_label_probe_and_correlation(world, tmp_path):
