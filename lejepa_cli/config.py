@@ -29,10 +29,8 @@ MAX_WORKERS = 64  # DataLoader processes per process; more only costs memory
 MIN_CROP_PCT = 0.1
 MAX_VIEWS = 64  # views of each kind per image; the recipe uses 2 global and 6 local
 MAX_WIDTH = 16384  # projector widths: one 16384 x 16384 layer is already 1 GB of weights
-# Continued pretraining (--init) starts from weights worth keeping: a lower peak learning rate
-# and a shorter warmup than from scratch. A 16-step ELPV run from a Fashion-MNIST model could not
-# tell 1e-4 from 5e-4 (examples/transfer.py); a longer measurement should settle these two.
-INIT_LR = 1e-4
+# Continued pretraining (--init) keeps the learning rate of a run from scratch, with a shorter
+# warmup: the weights it starts from need no long ramp (docs/results.md, examples/transfer.py).
 INIT_WARMUP_FRACTION = 0.05  # of the epochs, at most 10 as from scratch
 
 # The recipe's augmentation settings per view, as in `lejepa_cli.data.multicrop.MultiCropConfig`
@@ -102,7 +100,7 @@ class PretrainConfig:
     )
     lr: float = field(
         default=5e-4,
-        metadata=flag("Peak learning rate of AdamW (1e-4 with --init).", "5e-4"),
+        metadata=flag("Peak learning rate of AdamW.", "5e-4"),
     )
     weight_decay: float | str = field(
         default=AUTO,
@@ -259,8 +257,8 @@ class PretrainConfig:
         metadata=flag(
             "Start from these weights instead of random ones: a timm name (resnet50.a1_in1k, "
             "hf-hub:timm/..., or timm for --arch's default), a .safetensors/.pth file (with "
-            "--arch), an export or timm model folder, or a run or one of its checkpoints. Lowers "
-            "the defaults of --lr (1e-4) and --warmup-epochs (5% of the epochs).",
+            "--arch), an export or timm model folder, or a run or one of its checkpoints. Shortens "
+            "the default --warmup-epochs to 5% of the epochs.",
             names=("--init",),
             metavar="SOURCE",
         ),

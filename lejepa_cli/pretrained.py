@@ -544,11 +544,9 @@ def load_into(
 
 
 def init_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """A new run's flags with --init SOURCE recorded as an absolute path or a name, the
-    architecture it implies (an error when --arch contradicts it) and config.INIT_LR unless
-    --lr is given. Flags without --init are returned as they are."""
-    from lejepa_cli.config import INIT_LR
-
+    """A new run's flags with --init SOURCE recorded as an absolute path or a name and the
+    architecture it implies (an error when --arch contradicts it). Flags without --init are
+    returned as they are."""
     if not overrides.get("init"):
         return overrides
     init = normalize(str(overrides["init"]))
@@ -557,7 +555,7 @@ def init_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
         raise UsageError(f"--init {init} does not say which architecture it holds: pass --arch")
     if init == DEFAULT_TAG:  # recorded as the name it stands for
         init = default_name(arch)
-    return {"lr": INIT_LR, **overrides, "init": init, "arch": arch}
+    return {**overrides, "init": init, "arch": arch}
 
 
 def init_backbone(backbone, cfg, resume: bool):

@@ -150,7 +150,8 @@ def test_init_is_recorded_and_resume_repeats_the_losses(source_model, images, tm
     cfg = yaml.safe_load((whole / "config.yaml").read_text())
     assert cfg["init"] == str(path) and cfg["init_sha256"] == sources.sha256_of(path)
     assert cfg["init_tensors"] == len(build_backbone(ARCH, 32).state_dict())
-    assert cfg["lr"] == 1e-4  # the --init default
+    # --init keeps the learning rate from scratch (lowered, continued runs measured worse)
+    assert cfg["lr"] == 5e-4 and cfg["warmup_epochs"] == 0.1  # 5% of 2 epochs, not 10%
     meta = rundir.read_meta(rundir.last(whole)).raw
     assert meta["init"] == {
         "source": str(path),

@@ -8,7 +8,7 @@ Each step is one `lejepa` command, printed before it runs; a step whose output e
 and an interrupted pretraining is resumed, so re-running picks up where it stopped.
 Presets (the 28 px digits are used at 32 px global / 16 px local, what `auto` picks for them):
 
-    demo  ResNet-18 on the 4,000 training digits, batch 128, 2 epochs; probe on the 1,000 test
+    demo  ResNet-18 on the 4,000 training digits, batch 128, 4 epochs; probe on the 1,000 test
           digits with 3 seeds, against 3 random networks
     tiny  the same for 1 epoch on a subset (--limit), for the slow test
 """
@@ -35,7 +35,7 @@ SMALL = {
     "augment": ["hflip_p=0"],
 }
 PRESETS = {
-    "demo": {"pretrain": {**SMALL, "epochs": 2, "keep-every": 1}, "seeds": 3},
+    "demo": {"pretrain": {**SMALL, "epochs": 4, "keep-every": 1}, "seeds": 3},
     "tiny": {"pretrain": {**SMALL, "epochs": 1, "keep-every": 1}, "seeds": 2},
 }
 
