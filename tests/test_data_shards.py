@@ -188,6 +188,22 @@ def test_a_missing_library_is_one_line_with_the_install_command(pattern, monkeyp
         open_shards(pattern)
 
 
+def test_fewer_shards_than_processes_are_refused_in_the_plan(tmp_path):
+    """The check runs while planning, before the run directory is made, not in the loader."""
+    from lejepa_cli import config
+    from lejepa_cli.errors import DataError
+    from lejepa_cli.training.plan import plan_images
+
+    data = write_wds_shards(tmp_path / "one", shards=1, per=8)
+    cfg = config.build(
+        {"data": data, "out": str(tmp_path / "run"), "batch_size": 4, "holdout": 2,
+         "global_size": 32, "local_size": 16, "workers": 0}
+    )  # fmt: skip
+    assert plan_images(cfg, DistInfo(), open_data(data))[3] == 1  # one process: 6 // 4 steps
+    with pytest.raises(DataError, match="1 shards cannot give each of the 2 processes"):
+        plan_images(cfg, DistInfo(0, 2), open_data(data))
+
+
 def test_missing_shards_are_refused_before_anything_runs(tmp_path):
     with pytest.raises(UsageError, match="do not exist"):
         open_data(str(tmp_path / "none-{0..3}.tar"))

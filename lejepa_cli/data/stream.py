@@ -39,16 +39,22 @@ BUFFER = 1000  # samples in each worker's shuffle buffer (their encoded bytes ar
 MAX_RETRIES = 20  # substitutes tried for one undecodable sample before giving up
 
 
+def check_shards_per_rank(shards: ShardSet, world_size: int) -> None:
+    """Every process streams shards of its own: fewer training shards than processes is a
+    DataError that says how to write more."""
+    if len(shards.shards) < world_size:
+        raise DataError(
+            f"{len(shards.shards)} shards cannot give each of the {world_size} "
+            "processes its own: write more, smaller shards (lejepa shard --shard-size)"
+        )
+
+
 class ShardStream(IterableDataset):
     """Yields {"global_crops", "local_crops", "index", "skipped"} like MultiCropDataset, for
     the epoch and position set by `epoch_loader`."""
 
     def __init__(self, shards: ShardSet, transform, seed: int, dist, buffer: int = BUFFER):
-        if len(shards.shards) < dist.world_size:
-            raise DataError(
-                f"{len(shards.shards)} shards cannot give each of the {dist.world_size} "
-                "processes its own: write more, smaller shards (lejepa shard --shard-size)"
-            )
+        check_shards_per_rank(shards, dist.world_size)
         self.shards = shards
         self.transform = transform
         self.seed, self.rank, self.world = int(seed), dist.rank, dist.world_size

@@ -12,6 +12,8 @@ from lejepa_cli.config import AUTO, PretrainConfig
 from lejepa_cli.data.holdout import split_holdout
 from lejepa_cli.data.pixels import resolve_config as resolve_pixels
 from lejepa_cli.data.scan import ImageIndex
+from lejepa_cli.data.shards import ShardSet
+from lejepa_cli.data.stream import check_shards_per_rank
 from lejepa_cli.distributed import DistInfo
 from lejepa_cli.errors import DataError, UsageError
 
@@ -64,6 +66,8 @@ def plan_images(
     cfg = resolve_pixels(cfg, index)  # channels, intensity mapping, mean/std: data/pixels.py
     check_sizes(cfg, dist, len(index))
     train, holdout = split_holdout(index, int(cfg.holdout))
+    if isinstance(train, ShardSet):
+        check_shards_per_rank(train, dist.world_size)
     steps_per_epoch = len(train) // cfg.batch_size
     if len(train) < 2:
         raise DataError(
