@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from lejepa_cli import atomic
-from lejepa_cli.errors import DataError, UnreadableDataError, UsageError
+from lejepa_cli.errors import UnreadableDataError, UsageError
 
 SUFFIXES = (".npz", ".csv", ".parquet")
 
@@ -112,12 +112,13 @@ def embed(
     crop_pct: float | None = None,
     arch: str | None = None,
 ) -> EmbedResult:
-    """Embed every image under `folder` (recursively) with the pooled backbone output; an
+    """Embed every image under `folder` (recursively), or every image a manifest lists, with the
+    pooled backbone output (paths relative to the folder, or to the manifest's folder); an
     existing `out_file` is replaced only with `overwrite`. `crop_pct` replaces the model's
     recorded eval crop (the share of the shorter side kept). `model_path` is any SOURCE
     (`lejepa_cli.pretrained`); `arch` names the architecture of a weights file."""
     from lejepa_cli.artifacts import check_crop_pct, with_crop_pct
-    from lejepa_cli.data.scan import scan_folder
+    from lejepa_cli.data.sources import open_images
     from lejepa_cli.features import cached_features, check_batch_size, resolve_workers
     from lejepa_cli.pretrained import load_encoder
 
@@ -131,9 +132,7 @@ def embed(
             f"--out {out_file} already exists; pass --overwrite to replace it, or choose "
             "another name"
         )
-    index = scan_folder(folder, arg="FOLDER")
-    if len(index) == 0:
-        raise DataError(f"no images found in {folder}; point FOLDER at a folder of images")
+    index = open_images(folder, "embed")
     encoder = with_crop_pct(load_encoder(model_path, checkpoint, arch=arch), crop_pct)
     fs = cached_features(encoder, index, "embed", None, batch_size, workers, device, progress)
     feats, ok = fs.features, fs.ok

@@ -247,6 +247,21 @@ def test_explore_compare_and_the_out_folder_policy(scenes, tmp_path, capsys):
     assert not (out / "neighbours_compare.csv").exists()
 
 
+def test_explore_reads_a_manifest_and_refuses_shards(scenes, tmp_path, capsys):
+    images, runs = scenes
+    listed = [r["path"] for r in _rows(images / "labels.csv")]  # the 40 scenes, not the copies
+    out = tmp_path / "explore"
+    args = ["explore", runs["test_resnet"], images / "labels.csv", "--out", out, "--queries", "3",
+            "--k", "2", "--map", "pca"]  # fmt: skip
+    code, stdout, err = _cli(args, capsys)
+    assert code == 0, err
+    assert "explored 40 images (pca map, 0 near-duplicate pairs)" in stdout
+    assert sorted(r["path"] for r in _rows(out / "map.csv")) == sorted(listed)
+    code, _, err = _cli(["explore", runs["test_resnet"], tmp_path / "a.tar", "--out",
+                         tmp_path / "s"], capsys)  # fmt: skip
+    assert code == 2 and "names shards" in err and not (tmp_path / "s").exists()
+
+
 def test_explore_user_errors_are_one_line(scenes, tmp_path, capsys, monkeypatch):
     images, runs = scenes
     base = ["explore", runs["test_resnet"], images, "--out", tmp_path / "o"]

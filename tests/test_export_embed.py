@@ -271,6 +271,29 @@ def test_embed_npz_and_csv_with_relative_paths_and_a_bad_file(runs, tmp_path, ca
         np.testing.assert_array_equal(rows[str(path)], vector)  # 9 digits round-trip float32
 
 
+def test_embed_reads_a_manifest_and_refuses_shards(runs, tmp_path, capsys):
+    folder = _images(tmp_path / "imgs", count=4)
+    listed = ["sub/img_3.png", "img_0.png", "sub/img_1.png"]
+    (folder / "list.csv").write_text("path,label\n" + "".join(f"{p},x\n" for p in listed))
+    run = str(runs["test_resnet"])
+    whole, some = tmp_path / "whole.npz", tmp_path / "some.npz"
+    assert _cli(["embed", run, str(folder), "--out", str(whole), "--workers", "0"], capsys)[0] == 0
+    code, text, err = _cli(
+        ["embed", run, str(folder / "list.csv"), "--out", str(some), "--workers", "0"], capsys
+    )
+    assert code == 0, err
+    assert "wrote 3 embeddings" in text
+    saved, every = np.load(some), np.load(whole)
+    assert saved["paths"].tolist() == listed  # the manifest's order, relative to its folder
+    row = {str(p): e for p, e in zip(every["paths"], every["embeddings"], strict=True)}
+    np.testing.assert_array_equal(saved["embeddings"], np.stack([row[p] for p in listed]))
+
+    shards = str(tmp_path / "train-{0000..0003}.tar")
+    code, _, err = _cli(["embed", run, shards, "--out", str(tmp_path / "s.npz")], capsys)
+    assert code == 2 and "names shards" in err and "manifest" in err, err
+    assert "Traceback" not in err and not (tmp_path / "s.npz").exists()
+
+
 def test_embed_rejects_unknown_suffix_and_missing_pyarrow(runs, images, tmp_path, capsys):
     run = str(runs["test_resnet"])
     code, _, err = _cli(["embed", run, str(images), "--out", str(tmp_path / "e.txt")], capsys)

@@ -23,7 +23,9 @@ ARCH_OPTION = typer.Option(
 def embed(
     model: str = MODEL_ARGUMENT,
     folder: Path = typer.Argument(
-        ..., metavar="FOLDER", help="Folder of images (searched recursively)."
+        ...,
+        metavar="FOLDER",
+        help="Folder of images (searched recursively), or a manifest: .csv with a path column or .txt, paths relative to it.",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Output file: .npz, .csv or .parquet (needs pyarrow)."
@@ -46,7 +48,7 @@ def embed(
     crop_pct: float | None = crop_pct_option("instead of the one the model recorded"),
     arch: str | None = ARCH_OPTION,
 ) -> None:
-    """Embed every image under FOLDER with the backbone's pooled output.
+    """Embed every image under FOLDER (or listed in a manifest) with the backbone's pooled output.
 
     .npz holds `embeddings` (N, F) float32 and `paths` relative to FOLDER; .csv and .parquet hold
     a path column and one column per dimension. Unreadable images are skipped and counted.

@@ -16,7 +16,11 @@ _DUP_THRESHOLD = 0.97
 _MODEL = typer.Argument(
     ..., metavar="MODEL", help="An export directory, a run, or one of its checkpoints."
 )
-_FOLDER = typer.Argument(..., metavar="FOLDER", help="Folder of images (searched recursively).")
+_FOLDER = typer.Argument(
+    ...,
+    metavar="FOLDER",
+    help="Folder of images (searched recursively), or a manifest: .csv with a path column or .txt, paths relative to it.",
+)
 _OUT = typer.Option(..., "--out", "-o", help="Output folder for index.html and the CSVs.")
 _CHECKPOINT = typer.Option(
     None,

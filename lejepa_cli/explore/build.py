@@ -193,11 +193,9 @@ def explore(
 
 def _read_folder(folder: Path, query, labels):
     """(the folder's index, the --query rows, class ids or None, class names)."""
-    from lejepa_cli.data.scan import scan_folder
+    from lejepa_cli.data.sources import open_images
 
-    index = scan_folder(folder, arg="FOLDER")
-    if len(index) == 0:
-        raise DataError(f"no images found in {folder}; point FOLDER at a folder of images")
+    index = open_images(folder, "explore")
     asked = _resolve_queries(index, query, folder)
     label_ids, classes = _labels_of(index, labels) if labels is not None else (None, [])
     return index, asked, label_ids, classes
