@@ -82,7 +82,7 @@ def data_config(spec: DataSpec) -> dict[str, Any]:
     from timm.data import resolve_data_config
 
     pretrained_cfg = {
-        "input_size": (3, spec.input_size, spec.input_size),
+        "input_size": (len(spec.mean), spec.input_size, spec.input_size),
         "interpolation": spec.interpolation,
         "mean": tuple(spec.mean),
         "std": tuple(spec.std),

@@ -421,3 +421,13 @@ def test_the_card_says_when_its_probe_saw_another_eval_view(runs, images, tmp_pa
     probed = json.loads((run / "probe" / "probe.json").read_text())["eval_view"]["crop_pct"]
     assert probed < 1
     assert f"with an eval view keeping crop_pct {probed}, not the exported 1.0" in cards["1"]
+
+
+def test_the_eval_data_config_has_as_many_channels_as_the_spec():
+    from lejepa_cli.features import data_config
+    from lejepa_cli.model import DataSpec
+
+    spec = DataSpec(32, (0.5,) * 4, (0.2,) * 4, "bicubic", 1.0)  # a 4-channel raw-pixels run
+    assert data_config(spec)["input_size"] == (4, 32, 32)
+    rgb = DataSpec(32, (0.5,) * 3, (0.2,) * 3, "bicubic", 1.0)
+    assert data_config(rgb)["input_size"] == (3, 32, 32)
