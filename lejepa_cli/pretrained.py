@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lejepa_cli import hub
 from lejepa_cli.errors import CheckpointError, UsageError
+from lejepa_cli.hub import HUB_PREFIX, WEIGHT_FILES, default_name
 
-HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 DEFAULT_TAG = "timm"  # --init timm: the architecture's default pretrained weights
 TORCH_SUFFIXES = (".pth", ".pt", ".bin")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # a timm folder's, in timm's order
 # Prefixes that wrappers put before timm's names (DDP, lejepa's model, Lightning, DINO heads).
 PREFIXES = ("module.", "backbone.", "model.", "encoder.", "student.", "teacher.", "_orig_mod.")
 # Tensors of heads a backbone never has (num_classes=0): dropped, not "unexpected".
@@ -116,10 +116,8 @@ def implied_arch(text: str, arch: str | None) -> str | None:
 def _recorded_arch(text: str) -> str | None:
     if text == DEFAULT_TAG:
         return None
-    if text.startswith(HUB_PREFIX):
-        return _hub_config(text[len(HUB_PREFIX) :], text)[0]
-    if is_hub_name(text) and not Path(text).exists():
-        return _timm_cfg(text)["architecture"]
+    if text.startswith(HUB_PREFIX) or (is_hub_name(text) and not Path(text).exists()):
+        return hub.describe(text).arch
     path = Path(text.removeprefix(LOCAL_DIR_PREFIX))
     if not path.exists():
         raise UsageError(_missing(path))
@@ -303,45 +301,9 @@ def _from_run(path: Path, text: str, which: str) -> Weights:
     return Weights(meta.arch, tensors, record, meta.raw.get("data"))
 
 
-# --- timm names and the Hugging Face Hub --------------------------------------------------
-
-
-def default_name(arch: str) -> str:
-    """`arch.tag` of the architecture's default pretrained weights in timm."""
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(arch)
-    if not timm.is_model(arch) or cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise UsageError(f"timm has no pretrained weights for {arch}; --init timm needs them")
-    return f"{arch}.{cfg.tag}" if cfg.tag else arch
-
-
-def _timm_cfg(name: str) -> dict[str, Any]:
-    import timm
-
-    cfg = timm.models.get_pretrained_cfg(name)
-    if cfg is None or not timm.is_model(name):
-        arch = name.split(".")[0]
-        tags = [n for n in timm.list_pretrained(f"{arch}.*")][:5]
-        hint = f"its tags include {', '.join(tags)}" if tags else f"timm has no weights for {arch}"
-        raise UsageError(f"{name} is not a timm pretrained name; {hint}")
-    return cfg.to_dict()
-
-
 def _from_hub_name(name: str, text: str) -> Weights:
-    if name.startswith(HUB_PREFIX):
-        repo = name[len(HUB_PREFIX) :]
-        arch, pcfg, args = _hub_config(repo, name)
-    else:
-        pcfg = _timm_cfg(name)
-        arch, args = pcfg["architecture"], {}
-        repo = pcfg.get("hf_hub_id") or ""
-        if not repo:
-            raise UsageError(
-                f"timm keeps {name} at {pcfg.get('url')}, not on the Hugging Face Hub: download "
-                f"it and pass the file with --init FILE.pth --arch {arch}"
-            )
-    path = _hub_weights(repo, name, arch)
+    model = hub.describe(name)
+    path = hub.weights_file(model)
     record = {
         "source": text if text != DEFAULT_TAG else name,
         "kind": "timm",
@@ -349,102 +311,7 @@ def _from_hub_name(name: str, text: str) -> Weights:
     }
     if text == DEFAULT_TAG:
         record["requested"] = DEFAULT_TAG
-    return Weights(arch, read_file(path), record, pcfg, args)
-
-
-def _hub_config(repo: str, name: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(architecture, pretrained_cfg, model_args) of a timm model repository's config.json."""
-    try:
-        path = _hub_file(repo, "config.json", name)
-    except _NotCached:
-        raise UsageError(_not_cached(name, repo, "config.json", None)) from None
-    if path is None:
-        raise UsageError(f"{name} has no config.json: it is not a timm model repository")
-    try:
-        cfg = json.loads(path.read_text())
-        arch = cfg.get("architecture") or cfg["pretrained_cfg"]["architecture"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise UsageError(f"{name}'s config.json names no timm architecture") from None
-    args = dict(cfg.get("model_args") or {})
-    args.pop("num_classes", None)
-    return str(arch), dict(cfg.get("pretrained_cfg") or {}), args
-
-
-def _hub_weights(repo: str, name: str, arch: str) -> Path:
-    """The weights file of a Hub repository: model.safetensors, else pytorch_model.bin."""
-    not_cached = False
-    for filename in WEIGHT_FILES:
-        try:
-            path = _hub_file(repo, filename, name)
-        except _NotCached:
-            not_cached = True  # the cache may still hold the other file
-            continue
-        if path is not None:
-            return path
-    if not_cached:
-        raise UsageError(_not_cached(name, repo, WEIGHT_FILES[0], arch))
-    raise UsageError(f"{name} has neither {' nor '.join(WEIGHT_FILES)} on the Hub")
-
-
-def hub_cache() -> Path:
-    """The Hugging Face cache as the environment names it now (HF_HUB_CACHE, HF_HOME)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or Path(
-        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"
-    )
-    return Path(home).expanduser() / "hub"
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
-class _NotCached(Exception):
-    """The file is not in the cache, and the Hub is offline or out of reach."""
-
-
-def _not_cached(name: str, repo: str, filename: str, arch: str | None) -> str:
-    repo_id = repo.partition("@")[0]
-    why = "HF_HUB_OFFLINE=1" if _offline() else "the Hub cannot be reached"
-    as_file = f" --arch {arch}" if arch else " --arch ARCH"
-    return (
-        f"{name} is not in the Hugging Face cache {hub_cache()} and {why}: on a machine with "
-        f"internet run `hf download {repo_id} {filename} config.json` (HF_HOME set as here) "
-        f"and copy the cache over, or download https://huggingface.co/{repo_id}/resolve/main/"
-        f"{filename} and pass --init FILE{as_file}"
-    )
-
-
-def _hub_file(repo: str, filename: str, name: str) -> Path | None:
-    """A file of a Hub repository from the cache (offline) or the Hub; None when the
-    repository has no such file; _NotCached when it cannot be had here."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
-
-    repo_id, _, revision = repo.partition("@")
-    try:
-        return Path(
-            hf_hub_download(
-                repo_id, filename, revision=revision or None, cache_dir=hub_cache(),
-                local_files_only=_offline(),
-            )
-        )  # fmt: skip
-    except LocalEntryNotFoundError:  # before EntryNotFoundError, which it subclasses
-        raise _NotCached from None
-    except EntryNotFoundError:
-        return None
-    except RepositoryNotFoundError:
-        raise UsageError(
-            f"{name}: the Hub has no repository {repo_id} (or it is private)"
-        ) from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise UsageError(f"{name} cannot be fetched from the Hub ({exc})") from None
+    return Weights(model.arch, read_file(path), record, model.pretrained_cfg, model.model_args)
 
 
 # --- matching and loading -----------------------------------------------------------------
