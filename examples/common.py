@@ -542,8 +542,11 @@ def gain_against_spread(heads: dict[str, Any]) -> str | None:
     if len(randoms) < 2:
         return line + ")"
     std = statistics.pstdev(randoms)  # as the table's ± (probe.json's std over seeds)
-    times = f", {(lejepa - mean) / std:.0f} times their standard deviation" if std > 0 else ""
-    return line + f"; {lejepa - max(randoms):+.1f} over the best of them{times})"
+    if std >= 0.1:
+        spread = f", {(lejepa - mean) / std:.0f} times their standard deviation"
+    else:  # a multiple of a spread that rounds to zero says nothing
+        spread = ", which spread less than 0.1 points"
+    return line + f"; {lejepa - max(randoms):+.1f} over the best of them{spread})"
 
 
 def budget_lines(run_dir: Path, supervised: dict[str, Any] | None) -> list[str]:

@@ -275,6 +275,12 @@ def test_the_gain_is_set_against_the_random_networks_spread():
     close = common.gain_against_spread({"lejepa": 0.45, "random_init_values": [0.40, 0.45, 0.47]})
     assert "+1.0 points" in close and "-2.0 over the best of them" in close
     assert common.gain_against_spread({"lejepa": None, "random_init_values": [0.2]}) is None
+    # random networks that all read the same (the demo's, at chance): no multiple of ~0
+    flat = common.gain_against_spread(
+        {"lejepa": 0.899, "random_init_values": [0.106, 0.106, 0.105]}
+    )
+    assert "+79.3 over the best of them, which spread less than 0.1 points" in flat
+    assert "times their standard deviation" not in flat
     assert common.headline({"rows": []}, None)["random_init_values"] == []
 
 
