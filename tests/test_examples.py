@@ -486,3 +486,29 @@ def test_fashion_mnist_quick_run_beats_random_init(tmp_path):
     heads = json.loads((runs / "quick-results.json").read_text())["headline"]
     # One epoch of 16 steps: the frozen features already beat the starting network clearly.
     assert heads["lejepa_minus_random_points"] > 10.0, heads
+
+
+def test_transfer_table_reads_each_examples_prepare_and_the_runs_times(tmp_path, capsys):
+    transfer = _load("examples_transfer", EXAMPLES / "transfer.py")
+    # three modules named prepare.py: each loaded as itself, not the first one imported
+    assert hasattr(transfer.example_module("mnist"), "read_sample")
+    assert hasattr(transfer.example_module("fashion_mnist"), "DEFAULT_SOURCE")
+    assert hasattr(transfer.example_module("elpv"), "read_cells")
+
+    run = tmp_path / "scratch"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1, "time": 6.0}\n{"step": 2, "time": 123.0}\n')
+
+    def row(model, name, head, value):
+        score = {"mean": value, "std": 0.001, "values": [value]}
+        return {"model": model, "name": name, "head": head, "shots": "all",
+                "balanced_accuracy": score, "top1": score}  # fmt: skip
+
+    result = {"rows": [row("checkpoint", "epoch-0004", "linear", 0.932),
+                       row("checkpoint", "epoch-0004", "knn", 0.81),
+                       row("baseline-3", "scratch", "linear", 0.899),
+                       row("baseline-3", "scratch", "knn", 0.71)]}  # fmt: skip
+    transfer.print_table(result, {"baseline-3": run, "checkpoint": tmp_path / "missing"})
+    lines = capsys.readouterr().out.splitlines()
+    assert "| epoch-0004 | 93.2 ± 0.1 | 81.0 ± 0.1 | 93.2 ± 0.1 | - |" in lines
+    assert "| scratch | 89.9 ± 0.1 | 71.0 ± 0.1 | 89.9 ± 0.1 | 2.0 min |" in lines
