@@ -5,6 +5,7 @@ only, so the scripts run before the project is installed."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +53,11 @@ def write_split_csvs(out: Path, rows: dict[str, list[tuple[str, str]]]) -> list[
         "test.csv": text(rows["test"]),
     }
     return [name for name, t in files.items() if write_if_changed(out / name, t)]
+
+
+def split_counts(rows: dict[str, list[tuple[str, str]]]) -> dict[str, dict[str, int]]:
+    """Images per label in each split of path,label rows, labels sorted."""
+    return {
+        split: dict(sorted(Counter(lab for _, lab in items).items()))
+        for split, items in rows.items()
+    }

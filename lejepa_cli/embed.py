@@ -118,7 +118,7 @@ def embed(
     recorded eval crop (the share of the shorter side kept). `model_path` is any SOURCE
     (`lejepa_cli.pretrained`); `arch` names the architecture of a weights file."""
     from lejepa_cli.artifacts import check_crop_pct, with_crop_pct
-    from lejepa_cli.data.sources import open_images
+    from lejepa_cli.data.sources import open_folder_or_manifest
     from lejepa_cli.features import cached_features, check_batch_size, resolve_workers
     from lejepa_cli.pretrained import load_encoder
 
@@ -132,7 +132,7 @@ def embed(
             f"--out {out_file} already exists; pass --overwrite to replace it, or choose "
             "another name"
         )
-    index = open_images(folder, "embed")
+    index = open_folder_or_manifest(folder, "embed")
     encoder = with_crop_pct(load_encoder(model_path, checkpoint, arch=arch), crop_pct)
     fs = cached_features(encoder, index, "embed", None, batch_size, workers, device, progress)
     feats, ok = fs.features, fs.ok

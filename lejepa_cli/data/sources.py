@@ -57,21 +57,19 @@ def open_data(data: str | os.PathLike, arg: str = "DATA"):
     return scan_folder(text, arg=arg)
 
 
-def open_images(data: str | os.PathLike, command: str, arg: str = "FOLDER") -> ImageIndex:
+def open_folder_or_manifest(data: str | os.PathLike, command: str) -> ImageIndex:
     """The images of a folder or a manifest, for the commands that read every image once in a
-    known order (`embed`, `explore`): shards are refused with one line, as is an empty list."""
-    from lejepa_cli.errors import DataError, UsageError
+    known order (`embed`, `explore`); shards are refused with one line. An empty folder or
+    manifest is refused by its reader."""
+    from lejepa_cli.errors import UsageError
 
     if is_shards(str(data)):
         raise UsageError(
-            f"{arg} {data} names shards; `lejepa {command}` reads a folder of images or a "
+            f"FOLDER {data} names shards; `lejepa {command}` reads a folder of images or a "
             "manifest (.csv with a path column, or .txt): give it the folder the shards were "
             "written from, or a manifest of those images"
         )
-    index = open_data(data, arg=arg)
-    if len(index) == 0:
-        raise DataError(f"no images found in {data}; point {arg} at a folder of images")
-    return index
+    return open_data(data, arg="FOLDER")
 
 
 def train_dataset(train, transform, seed: int, dist):

@@ -193,9 +193,9 @@ def explore(
 
 def _read_folder(folder: Path, query, labels):
     """(the folder's index, the --query rows, class ids or None, class names)."""
-    from lejepa_cli.data.sources import open_images
+    from lejepa_cli.data.sources import open_folder_or_manifest
 
-    index = open_images(folder, "explore")
+    index = open_folder_or_manifest(folder, "explore")
     asked = _resolve_queries(index, query, folder)
     label_ids, classes = _labels_of(index, labels) if labels is not None else (None, [])
     return index, asked, label_ids, classes
