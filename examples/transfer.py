@@ -28,32 +28,31 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from types import ModuleType
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # examples/common.py, examples/prepared.py
+
+import common  # noqa: E402
+
 VIEWS = ["--arch", "resnet18", "--global-size", "32", "--local-size", "16"]
 
 
 def lejepa(*args: str, skip_if: Path | None = None) -> None:
-    """Run one command, print it and its wall time; skip it when its output is already there."""
+    """Run one command as `common.lejepa` does; skip it when its output is already there."""
     if skip_if is not None and skip_if.exists():
         print(f"skip (exists): lejepa {' '.join(args)}")
         return
-    print(f"$ lejepa {' '.join(args)}", flush=True)
-    started = time.time()
-    subprocess.run([sys.executable, "-m", "lejepa_cli", *args], check=True)
-    print(f"  {time.time() - started:.0f} s", flush=True)
+    common.lejepa(*args)
 
 
 def example_module(name: str) -> ModuleType:
     """examples/NAME/prepare.py, loaded under its own name (the examples' modules share one)."""
     spec = importlib.util.spec_from_file_location(f"{name}_prepare", HERE / name / "prepare.py")
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(HERE))  # for examples/prepared.py
     spec.loader.exec_module(module)
     return module
 
@@ -96,18 +95,18 @@ def main(argv: list[str] | None = None) -> dict:
     target = prepare_target(args.work, args.target, args.cells)
     source_images = prepare_source(args.work, args.fm_train)
     runs = args.work / "runs"
-    common = [*VIEWS, "--batch-size", "128", "--workers", "1", "--quiet"]
+    shared = [*VIEWS, "--batch-size", "128", "--workers", "1", "--quiet"]
     fm_run, fm_export = runs / "fm", runs / "fm-export"
     lejepa(
         "pretrain", str(source_images), "--out", str(fm_run), "--epochs", str(args.fm_epochs),
-        *common, skip_if=fm_run / "report.json",
+        *shared, skip_if=fm_run / "report.json",
     )  # fmt: skip
     lejepa("export", str(fm_run), "--out", str(fm_export), "--checkpoint", "last",
            skip_if=fm_export)  # fmt: skip
     # A digit has a left and a right: its views are not mirrored (as in the demo).
     mirror = ["--augment", "hflip_p=0"] if args.target == "digits" else []
     flags = [str(target["images"]), "--epochs", str(args.epochs), "--keep-every", "1"]
-    flags += [*common, *mirror, "--seed", str(args.seed)]
+    flags += [*shared, *mirror, "--seed", str(args.seed)]
     tag = args.target if args.seed == 0 else f"{args.target}-seed{args.seed}"
     # The checkpoint probed first (with the --init defaults), then the other arms as baselines.
     arms = {
@@ -139,15 +138,6 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def run_minutes(run_dir: Path) -> float | None:
-    """A finished run's training time from its metrics (also when this call skipped it)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return float(rows[-1]["time"]) / 60 if rows else None
-
-
 def print_table(result: dict, run_of: dict[str, Path]) -> None:
     """Balanced accuracy of the linear head and kNN (all labels) per model, with the minutes
     its pretraining took (from its metrics.jsonl)."""
@@ -160,8 +150,8 @@ def print_table(result: dict, run_of: dict[str, Path]) -> None:
             f"{100 * r[metric]['mean']:.1f} ± {100 * r[metric]['std']:.1f}"
             for r, metric in ((lin, "balanced_accuracy"), (knn, "balanced_accuracy"), (lin, "top1"))
         ]
-        minutes = run_minutes(run_of[model]) if model in run_of else None
-        took = "-" if minutes is None else f"{minutes:.1f} min"
+        seconds = common.pretrain_seconds(run_of[model]) if model in run_of else 0.0
+        took = f"{seconds / 60:.1f} min" if seconds else "-"  # 0: no metrics to read
         print(f"| {lin['name']} | {' | '.join(cells)} | {took} |")
 
 
