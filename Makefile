@@ -9,12 +9,17 @@ DEMO_STAMP := $(VENV)/.demo-installed
 
 .PHONY: setup test test-slow lint format demo clean
 
+# $(call install,EXTRA): create or update .venv, install the project with EXTRA, stamp it.
+define install
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[$(1)]'
+	touch $@
+endef
+
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
+	$(call install,dev)
 
 lint: setup
 	$(BIN)/ruff check .
@@ -34,9 +39,7 @@ test-slow: setup
 # random init, export. About ten minutes on two CPU cores; re-running skips the finished steps.
 # It installs the package with the `demo` extra only (`make test` adds the rest of `dev`).
 $(DEMO_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[demo]'
-	touch $(DEMO_STAMP)
+	$(call install,demo)
 
 demo: $(DEMO_STAMP)
 	$(BIN)/python examples/demo.py
